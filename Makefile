@@ -1,0 +1,40 @@
+# The two commands: `make repro` regenerates everything, `make test` runs the tests.
+# Both create .venv and install what they need on first use (only Python 3.11 is assumed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+SMOKE_DIR := $(CURDIR)/.smoke
+export PATH := $(BIN):$(PATH)
+export MPLBACKEND := Agg
+
+.PHONY: repro test install data lab clean-smoke
+
+repro: install data
+	dvc repro
+	dvc metrics show
+
+test: install data
+	rm -rf $(SMOKE_DIR)
+	LOPT_PROFILE=smoke LOPT_OUTPUT_DIR=$(SMOKE_DIR) \
+		python -m pytest -q tests --nbval-lax notebooks/[0-9]*.ipynb
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST: data/fashion-mnist/, else Debian's dataset-fashion-mnist (installed here when apt
+# is available and we are root), else downloaded by lopt.data; then the seeded split.
+data: install
+	@if [ ! -f data/fashion-mnist/train-images-idx3-ubyte.gz ] && [ ! -d /usr/share/datasets/fashion-mnist ] \
+		&& command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+	@test -f data/fashion_mnist.npz || python -m lopt.data prepare
+
+lab: install
+	jupyter lab notebooks/

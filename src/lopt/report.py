@@ -1,0 +1,99 @@
+"""Metrics JSON and claims: the numbers a notebook computed and the paper claims checked on them.
+
+Every notebook writes ``figures/NN_metrics.json`` through :func:`save_metrics`::
+
+    {"notebook": "01", "profile": "cpu", "seconds": 42.1,
+     "metrics": {...key numbers...}, "claims": {"basins_split": true, ...}}
+
+and ends with :func:`assert_claims`, which asserts every claim at the ``cpu`` and ``gpu``
+profiles and only checks that the numbers are finite at ``smoke``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import config
+
+
+class Timer:
+    """Wall-clock seconds since creation (``Timer().seconds``)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def to_builtin(value: Any) -> Any:
+    """Convert numpy/JAX scalars and arrays (nested in dicts and lists) to JSON-ready Python."""
+    if isinstance(value, Mapping):
+        return {str(k): to_builtin(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_builtin(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, float, str)) or value is None:
+        return value
+    arr = np.asarray(value)
+    if arr.dtype == bool:
+        return arr.tolist()
+    return arr.tolist() if arr.ndim else arr.item()
+
+
+def _flat_numbers(tree: Any) -> list[float]:
+    out: list[float] = []
+    if isinstance(tree, Mapping):
+        for v in tree.values():
+            out += _flat_numbers(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            out += _flat_numbers(v)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        out.append(float(tree))
+    return out
+
+
+def metrics_path(notebook: str) -> Path:
+    return config.output_dir() / "figures" / f"{notebook}_metrics.json"
+
+
+def save_metrics(
+    notebook: str,
+    profile: str,
+    seconds: float,
+    metrics: Mapping[str, Any],
+    claims: Mapping[str, bool],
+) -> Path:
+    """Write ``figures/<notebook>_metrics.json`` and return its path."""
+    record = {
+        "notebook": notebook,
+        "profile": config.resolve_profile(profile),
+        "seconds": round(float(seconds), 2),
+        "metrics": to_builtin(dict(metrics)),
+        "claims": {k: bool(v) for k, v in claims.items()},
+    }
+    path = metrics_path(notebook)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def assert_claims(claims: Mapping[str, bool], metrics: Mapping[str, Any], profile: str) -> None:
+    """Assert every claim (``cpu``/``gpu``); at ``smoke`` assert only that the metrics are finite."""
+    numbers = _flat_numbers(to_builtin(dict(metrics)))
+    if not all(math.isfinite(x) for x in numbers) and config.strict(profile):
+        raise AssertionError("non-finite metric values")
+    if not config.strict(profile):
+        assert claims, "no claims computed"
+        return
+    failed = [name for name, ok in claims.items() if not ok]
+    assert not failed, f"claims not reproduced at profile {profile!r}: {', '.join(failed)}"
