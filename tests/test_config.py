@@ -1,0 +1,173 @@
+"""lopt.config: profiles, sections, overrides and validation of params.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lopt import config
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@pytest.fixture
+def params_file(tmp_path: Path) -> Path:
+    """A small self-contained params.yaml (so the validation tests do not depend on the real one)."""
+    block = {
+        "learning_rate": 0.01,
+        "num_thetas": 64,
+        "steps": [10, 100],
+        "lr_sweep": {"momentum": 0.9, "lr_min": 0.0005, "lr_max": 0.02},
+        "seed": 1,
+    }
+    doc = {"profile": "cpu", "nbA": {p: dict(block) for p in config.PROFILES}, "nbB": {p: {"n": 2} for p in config.PROFILES}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_load_real_section_with_attribute_access():
+    raw = yaml.safe_load(PARAMS.read_text())["nb01"]["cpu"]
+    cfg = config.load("nb01", "cpu")
+    assert isinstance(cfg, config.Params)
+    assert cfg.profile == "cpu"
+    for key, value in raw.items():
+        assert getattr(cfg, key) == value
+        assert cfg[key] == value
+    with pytest.raises(AttributeError, match="no parameter"):
+        cfg.this_key_does_not_exist
+
+
+def test_unknown_profile_names_allowed_values(params_file):
+    with pytest.raises(config.ConfigError) as exc:
+        config.load("nbA", "laptop", path=params_file)
+    msg = str(exc.value)
+    assert "laptop" in msg
+    for name in ("smoke", "cpu", "gpu"):
+        assert name in msg
+
+
+def test_profile_from_environment(params_file, monkeypatch):
+    assert config.load("nbA", None, path=params_file).profile == config.DEFAULT_PROFILE
+    monkeypatch.setenv(config.PROFILE_ENV, "smoke")
+    assert config.load("nbA", None, path=params_file).profile == "smoke"
+    assert config.resolve_profile(None) == "smoke"
+    # an explicit argument wins over the environment
+    assert config.load("nbA", "gpu", path=params_file).profile == "gpu"
+
+
+def test_bad_profile_in_environment(monkeypatch):
+    monkeypatch.setenv(config.PROFILE_ENV, "tpu")
+    with pytest.raises(config.ConfigError, match=config.PROFILE_ENV) as exc:
+        config.resolve_profile(None)
+    assert "smoke, cpu, gpu" in str(exc.value)
+
+
+def test_unknown_section_names_allowed_sections(params_file):
+    with pytest.raises(config.ConfigError) as exc:
+        config.load("nb99", "cpu", path=params_file)
+    msg = str(exc.value)
+    assert "nb99" in msg and "nbA" in msg and "nbB" in msg
+    # the top-level scalar `profile` is not a section
+    with pytest.raises(config.ConfigError):
+        config.load("profile", "cpu", path=params_file)
+
+
+def test_override_of_unknown_key(params_file):
+    with pytest.raises(config.ConfigError) as exc:
+        config.load("nbA", "cpu", overrides={"num_theta": 3}, path=params_file)
+    assert "num_theta" in str(exc.value)
+    assert "num_thetas" in str(exc.value)  # lists the allowed keys
+
+
+def test_override_of_known_key_applies(params_file):
+    cfg = config.load("nbA", "smoke", overrides={"num_thetas": 5}, path=params_file)
+    assert cfg.num_thetas == 5
+    # overrides do not leak into a fresh load
+    assert config.load("nbA", "smoke", path=params_file).num_thetas == 64
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"num_thetas": 0}, "num_thetas"),
+        ({"num_thetas": -3}, "num_thetas"),
+        ({"steps": [10, -1]}, "steps"),
+        ({"steps": [0]}, "steps"),
+    ],
+)
+def test_nonpositive_counts_rejected(params_file, overrides, key):
+    with pytest.raises(config.ConfigError, match=key):
+        config.load("nbA", "cpu", overrides=overrides, path=params_file)
+
+
+def test_nonpositive_counts_rejected_in_real_section():
+    with pytest.raises(config.ConfigError, match="num_thetas"):
+        config.load("nb01", "cpu", overrides={"num_thetas": 0})
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"learning_rate": -0.1}, "learning_rate"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"lr_sweep": {"momentum": 0.9, "lr_min": -1e-3, "lr_max": 0.02}}, "lr_min"),
+    ],
+)
+def test_nonpositive_rates_rejected(params_file, overrides, key):
+    with pytest.raises(config.ConfigError, match=key):
+        config.load("nbA", "cpu", overrides=overrides, path=params_file)
+
+
+def test_nan_rejected(params_file):
+    with pytest.raises(config.ConfigError, match="NaN"):
+        config.load("nbA", "cpu", overrides={"learning_rate": float("nan")}, path=params_file)
+
+
+def test_seed_zero_allowed(params_file):
+    cfg = config.load("nbA", "cpu", overrides={"seed": 0}, path=params_file)
+    assert cfg.seed == 0
+
+
+def test_config_error_is_value_error():
+    assert issubclass(config.ConfigError, ValueError)
+
+
+def test_strict():
+    assert not config.strict("smoke")
+    assert config.strict("cpu") and config.strict("gpu")
+
+
+def test_output_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv(config.OUTPUT_ENV, str(tmp_path))
+    assert config.output_dir() == tmp_path.resolve()
+    monkeypatch.delenv(config.OUTPUT_ENV)
+    assert (config.output_dir() / "params.yaml").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# The real params.yaml
+
+
+def _sections(raw: dict) -> dict:
+    return {k: v for k, v in raw.items() if isinstance(v, dict)}
+
+
+def test_params_yaml_active_profile():
+    raw = config.read_params(PARAMS)
+    assert raw.get("profile") in config.PROFILES
+
+
+def test_params_yaml_sections_are_consistent():
+    raw = config.read_params(PARAMS)
+    sections = _sections(raw)
+    assert sections, "params.yaml has no notebook sections"
+    for name, block in sections.items():
+        assert set(block) == set(config.PROFILES), f"{name}: profiles {sorted(block)}"
+        keysets = {p: set(block[p] or {}) for p in config.PROFILES}
+        assert keysets["smoke"] == keysets["cpu"] == keysets["gpu"], f"{name}: {keysets}"
+        for profile in config.PROFILES:
+            cfg = config.load(name, profile, path=PARAMS)  # validates
+            assert cfg.profile == profile

@@ -1,0 +1,85 @@
+"""lopt.landscape: roughness measures of sampled outer-loss landscapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lopt import landscape
+
+
+def test_jump_statistics_on_hand_made_arrays():
+    v = np.array([0.0, 1.0, 0.5, 3.5, 3.5, 3.0])
+    np.testing.assert_allclose(landscape.jumps(v), [1.0, 0.5, 3.0, 0.0, 0.5])
+    assert landscape.max_jump(v) == 3.0
+    assert landscape.count_jumps(v, 0.75) == 2
+    assert landscape.count_jumps(v, 0.5) == 2  # strictly greater than the threshold
+    assert landscape.count_jumps(v, 0.4) == 4
+    assert landscape.count_jumps(v, 5.0) == 0
+    assert landscape.total_variation(v) == pytest.approx(5.0)
+
+
+def test_jump_statistics_along_last_axis():
+    v = np.array([[0.0, 2.0, 0.0], [1.0, 1.0, 1.5]])
+    np.testing.assert_allclose(landscape.max_jump(v), [2.0, 0.5])
+    np.testing.assert_array_equal(landscape.count_jumps(v, 1.0), [2, 0])
+    np.testing.assert_allclose(landscape.total_variation(v), [4.0, 0.5])
+
+
+def test_total_variation_of_monotone_is_range():
+    v = np.sort(np.random.default_rng(0).normal(size=50))
+    assert landscape.total_variation(v) == pytest.approx(v[-1] - v[0])
+
+
+def test_high_frequency_energy():
+    x = np.linspace(0.0, 1.0, 256, endpoint=False)
+    low_sine = np.sin(2 * np.pi * 3 * x)
+    ramp = 5.0 * x + 2.0
+    alternating = np.where(np.arange(256) % 2 == 0, 1.0, -1.0)
+    assert landscape.high_frequency_energy(low_sine) < 1e-6
+    assert landscape.high_frequency_energy(ramp) < 0.05
+    assert landscape.high_frequency_energy(alternating) > 0.99
+    # a smooth landscape with a few isolated jumps carries noticeably more high-frequency energy
+    jumpy = low_sine + (np.random.default_rng(0).random(256) < 0.05) * 3.0
+    assert landscape.high_frequency_energy(jumpy) > 10 * landscape.high_frequency_energy(low_sine) + 0.05
+    # batched along the last axis, and scale-free
+    both = landscape.high_frequency_energy(np.stack([low_sine, 7.0 * alternating]))
+    assert both.shape == (2,) and both[0] < 1e-6 and both[1] > 0.99
+    # constants have no spectrum at all (no division by zero)
+    assert landscape.high_frequency_energy(np.full(64, 3.0)) == 0.0
+
+
+def test_near_jumps_mask():
+    v = np.array([0.0, 0.1, 2.0, 2.1, 2.2, 0.0])
+    mask = landscape.near_jumps(v, 1.0)
+    np.testing.assert_array_equal(mask, [False, True, True, False, True, True])
+    assert not landscape.near_jumps(v, 10.0).any()
+
+
+def test_gradient_explained_fraction_smooth():
+    thetas = np.linspace(-1.0, 1.0, 4001)
+    width = 0.05
+    values = np.tanh(thetas / width)
+    grads = (1.0 - np.tanh(thetas / width) ** 2) / width
+    step = np.abs(np.diff(values))
+    threshold = 1e-3
+    assert threshold < step.max()
+    frac = landscape.gradient_explained_fraction(thetas, values, grads, threshold)
+    assert frac == pytest.approx(1.0, abs=1e-3)
+
+
+def test_gradient_explained_fraction_step():
+    thetas = np.linspace(0.0, 1.0, 101)
+    values = np.where(thetas < 0.5, 0.0, 1.0) + 0.01 * thetas
+    grads = np.zeros_like(thetas)
+    frac = landscape.gradient_explained_fraction(thetas, values, grads, 0.5)
+    assert frac == pytest.approx(0.0, abs=1e-12)
+    # with a slope of 0.01 as its gradient, the flat parts are explained but not the jump
+    frac_slope = landscape.gradient_explained_fraction(thetas, values, np.full_like(thetas, 0.01), 0.5)
+    assert 0.0 < frac_slope < 0.01
+
+
+def test_gradient_explained_fraction_none_without_jumps():
+    thetas = np.linspace(0.0, 1.0, 11)
+    values = 0.1 * thetas
+    assert landscape.gradient_explained_fraction(thetas, values, np.full(11, 0.1), threshold=1.0) is None
