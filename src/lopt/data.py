@@ -61,10 +61,14 @@ def _content_sha256(path: Path) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def verify(path: Path) -> bool:
-    """Whether ``path`` holds the expected contents of the Fashion-MNIST file of its name."""
+def verify(path: Path, name: str | None = None) -> bool:
+    """Whether ``path`` holds the expected contents of the Fashion-MNIST file ``name``
+    (default: the file's own name)."""
+    expected = FILES.get(name or path.name)
+    if expected is None:
+        return False
     try:
-        return _content_sha256(path) == FILES[path.name]
+        return _content_sha256(path) == expected
     except (OSError, EOFError, gzip.BadGzipFile):
         return False
 
@@ -76,10 +80,10 @@ def download(dest: Path, url: str = URL, timeout: float = 30.0) -> None:
         target = dest / name
         if target.is_file() and verify(target):
             continue
-        tmp = target.with_suffix(".part")
+        tmp = dest / f"{name}.part"
         with urllib.request.urlopen(url + name, timeout=timeout) as r, open(tmp, "wb") as f:
             shutil.copyfileobj(r, f)
-        if not verify(tmp):
+        if not verify(tmp, name):
             tmp.unlink()
             raise DataError(f"downloaded {name} from {url} does not match its SHA-256.\n{FIX}")
         tmp.replace(target)

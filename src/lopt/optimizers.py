@@ -43,7 +43,7 @@ def clipped_sgd(learning_rate: Scalar, threshold: Scalar) -> Optimizer:
 
 
 def rmsprop(learning_rate: Scalar, decay: Scalar = 0.9, eps: Scalar = 1e-8) -> Optimizer:
-    """RMSProp: nu' = decay nu + (1 - decay) g^2, x' = x - lr g / (sqrt(nu') + eps)."""
+    """RMSProp: nu' = decay nu + (1 - decay) g^2, x' = x - lr g / sqrt(nu' + eps) (optax)."""
     return optax.rmsprop(learning_rate, decay=decay, eps=eps)
 
 

@@ -31,5 +31,7 @@ def savefig(fig: plt.Figure, name: str) -> Path:
 
 
 def subplots(nrows: int = 1, ncols: int = 1, width: float = 4.0, height: float = 3.2, **kw):
-    """``plt.subplots`` with panel sizes in inches per panel (the paper's small multiples)."""
+    """``plt.subplots`` with panel sizes in inches per panel (the paper's small multiples),
+    constrained layout and always a 2D array of axes."""
+    kw.setdefault("layout", "constrained")
     return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kw)

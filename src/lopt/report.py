@@ -90,8 +90,8 @@ def save_metrics(
 def assert_claims(claims: Mapping[str, bool], metrics: Mapping[str, Any], profile: str) -> None:
     """Assert every claim (``cpu``/``gpu``); at ``smoke`` assert only that the metrics are finite."""
     numbers = _flat_numbers(to_builtin(dict(metrics)))
-    if not all(math.isfinite(x) for x in numbers) and config.strict(profile):
-        raise AssertionError("non-finite metric values")
+    if not all(math.isfinite(x) for x in numbers):
+        raise AssertionError("non-finite metric values (use None for a number that is undefined)")
     if not config.strict(profile):
         assert claims, "no claims computed"
         return
