@@ -11,7 +11,7 @@ export MPLBACKEND := Agg
 .PHONY: repro test install data lab clean-smoke
 
 repro: install data
-	dvc repro
+	dvc repro $(if $(FORCE),--force)
 	@echo "done: figures/ and notebooks/executed/ are up to date; see the numbers with .venv/bin/dvc metrics show"
 
 test: install data
