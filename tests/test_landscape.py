@@ -83,3 +83,15 @@ def test_gradient_explained_fraction_none_without_jumps():
     thetas = np.linspace(0.0, 1.0, 11)
     values = 0.1 * thetas
     assert landscape.gradient_explained_fraction(thetas, values, np.full(11, 0.1), threshold=1.0) is None
+
+
+def test_sweep_summary_on_a_step():
+    thetas = np.linspace(0.0, 1.0, 11)
+    values = np.where(thetas < 0.45, 0.0, -3.0)
+    grads = np.zeros_like(thetas)
+    grads[4] = 7.0  # a large gradient next to the jump, none elsewhere
+    s = landscape.sweep_summary(thetas, values, grads, threshold=1.5)
+    assert s["max_jump"] == 3.0 and s["n_jumps"] == 1
+    assert s["max_abs_grad_near_jumps"] == 7.0 and s["max_abs_grad_elsewhere"] == 0.0
+    assert s["frac_abs_grad_below_1e-3"] == 10 / 11
+    assert np.isclose(s["grad_explained_fraction"], 0.5 * 7.0 * 0.1 / 3.0)

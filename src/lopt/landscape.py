@@ -62,3 +62,21 @@ def gradient_explained_fraction(
         return None
     integral = 0.5 * (g[1:] + g[:-1]) * np.diff(t)
     return float(np.abs(integral[big]).sum() / jumps(v)[big].sum())
+
+
+def sweep_summary(thetas: np.ndarray, values: np.ndarray, grads: np.ndarray, threshold: float) -> dict:
+    """The numbers notebook 01 reports for one outer-loss sweep L(theta) with gradients dL/dtheta:
+    largest jump, jumps above ``threshold``, gradient magnitudes next to them and elsewhere, the
+    share of near-zero gradients, and :func:`gradient_explained_fraction`."""
+    L, g = np.asarray(values, np.float64), np.abs(np.asarray(grads, np.float64))
+    near = near_jumps(L, threshold)
+    return {
+        "max_jump": float(max_jump(L)),
+        "n_jumps": int(count_jumps(L, threshold)),
+        "median_abs_grad": float(np.median(g)),
+        "max_abs_grad": float(g.max()),
+        "max_abs_grad_near_jumps": float(g[near].max(initial=0.0)),  # 0 when there is no jump
+        "max_abs_grad_elsewhere": float(g[~near].max(initial=0.0)),
+        "frac_abs_grad_below_1e-3": float(np.mean(g < 1e-3)),
+        "grad_explained_fraction": gradient_explained_fraction(thetas, L, grads, threshold),
+    }
