@@ -1,0 +1,6 @@
+"""Learned optimizers: families of optimizers indexed by meta-parameters theta, sharing the
+``LearnedOptimizer`` interface of :mod:`lopt.optimizers` (``init(key)``, ``opt_fn(theta)``)."""
+
+from .mlp import MLPOptimizer
+
+__all__ = ["MLPOptimizer"]
