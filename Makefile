@@ -8,7 +8,7 @@ SMOKE_DIR := $(CURDIR)/.smoke
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: repro test install data lab clean-smoke
+.PHONY: repro test install data lab
 
 repro: install data
 	dvc repro $(if $(FORCE),--force)

@@ -144,3 +144,18 @@ def test_minibatch_unroll_learns():
     assert losses[-10:].mean() < losses[:10].mean() - 0.1
     # a different key gives different minibatches
     assert not np.array_equal(losses, np.asarray(run(jax.random.PRNGKey(1))))
+
+
+def test_one_key_means_one_inner_run_across_entry_points():
+    """meta_loss("final"), final_params and sweep unroll through unroll.run: the same key gives the
+    same initialisation, minibatches and final batch in each."""
+    rng = np.random.default_rng(1)
+    images = {s: jnp.asarray(rng.integers(0, 255, (64, 4, 4)).astype(np.uint8)) for s in tasks.SPLITS}
+    labels = {s: jnp.asarray(rng.integers(0, 10, 64).astype(np.int32)) for s in tasks.SPLITS}
+    task = tasks.ImageClassifier(images, labels, "mlp", (8,), "relu", 16)
+    key, lr = jax.random.PRNGKey(3), jnp.float32(0.05)
+    s = unroll.sweep(optimizers.sgd, task, jnp.array([lr]), 5, key=key)
+    p = unroll.final_params(optimizers.sgd, task, lr, 5, key=key)
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(s.params)):
+        np.testing.assert_allclose(a, b[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(unroll.meta_loss(lr, optimizers.sgd, task, key, 5, "final"), s.loss[0], rtol=1e-6)

@@ -86,11 +86,31 @@ def unroll(
     return Unroll(losses, final, params)
 
 
+def run(
+    opt_fn: Callable[[Any], Optimizer],
+    theta: Any,
+    task: Task,
+    key: Array | None,
+    num_steps: int,
+    *,
+    record_params: bool = False,
+    remat: bool = False,
+) -> tuple[Unroll, Any]:
+    """Inner training from scratch with ``opt_fn(theta)``: the :class:`Unroll` and the batch the
+    final loss is measured on. ``key`` fixes all randomness (init, minibatches, final batch);
+    ``None`` for deterministic tasks. :func:`meta_loss`, :func:`final_params` and :func:`sweep`
+    all unroll through here, so one key means the same inner run in each."""
+    opt = opt_fn(theta)
+    k_init, k_unroll, k_final = jax.random.split(key, 3) if key is not None else (None, None, None)
+    res = unroll(task, opt, init_state(task, opt, k_init), k_unroll, num_steps, record_params=record_params, remat=remat)
+    return res, (task.batch(k_final, "train") if key is not None else None)
+
+
 def meta_loss(
     theta: Any,
     opt_fn: Callable[[Any], Optimizer],
     task: Task,
-    key: Array,
+    key: Array | None,
     num_steps: int,
     objective: str = "mean",
     remat: bool = False,
@@ -98,23 +118,19 @@ def meta_loss(
     """Outer-loss of ``theta``: the mean training loss over the unroll (``"mean"``, the meta-
     objective of Maheswaranathan et al. 2021 C.2 and Metz's L_train) or the loss after the last
     step (``"final"``, Metz et al. 2019 Fig. 2c). Differentiate with ``jax.grad``."""
-    opt = opt_fn(theta)
-    k_init, k_unroll, k_final = jax.random.split(key, 3) if key is not None else (None, None, None)
-    res = unroll(task, opt, init_state(task, opt, k_init), k_unroll, num_steps, remat=remat)
+    if objective not in ("mean", "final"):
+        raise ValueError(f"unknown objective {objective!r}; allowed values: mean, final")
+    res, final_batch = run(opt_fn, theta, task, key, num_steps, remat=remat)
     if objective == "mean":
         return jnp.mean(res.losses)
-    if objective == "final":
-        return task.loss(res.state.params, task.batch(k_final, "train"))
-    raise ValueError(f"unknown objective {objective!r}; allowed values: mean, final")
+    return task.loss(res.state.params, final_batch)
 
 
 def final_params(
     opt_fn: Callable[[Any], Optimizer], task: Task, theta: Any, num_steps: int, key: Array | None = None
 ) -> Any:
     """Inner parameters after ``num_steps`` steps of ``opt_fn(theta)`` (differentiable in theta)."""
-    opt = opt_fn(theta)
-    k_init, k_unroll = jax.random.split(key) if key is not None else (None, None)
-    return unroll(task, opt, init_state(task, opt, k_init), k_unroll, num_steps).state.params
+    return run(opt_fn, theta, task, key, num_steps)[0].state.params
 
 
 class Sweep(NamedTuple):
@@ -137,14 +153,10 @@ def sweep(
     """Final loss l(w_T), its outer-gradient (reverse mode) and the final parameters (or their
     trajectories) for every outer-parameter in ``thetas`` (vmapped; Metz et al. 2019 Fig. 2b-c).
     The same ``key`` (all randomness) is used for every theta."""
-    k_init, k_unroll, k_final = jax.random.split(key, 3) if key is not None else (None, None, None)
-
     def one(theta):
         def f(th):
-            opt = opt_fn(th)
-            res = unroll(task, opt, init_state(task, opt, k_init), k_unroll, num_steps, record_params=record_params)
-            final = task.loss(res.state.params, task.batch(k_final, "train") if key is not None else None)
-            return final, (res.params if record_params else res.state.params)
+            res, final_batch = run(opt_fn, th, task, key, num_steps, record_params=record_params)
+            return task.loss(res.state.params, final_batch), (res.params if record_params else res.state.params)
 
         (loss, params), grad = jax.value_and_grad(f, has_aux=True)(theta)
         return loss, grad, params
