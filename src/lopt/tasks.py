@@ -63,6 +63,18 @@ class TaskFamily:
         return jax.vmap(self.sample)(jax.random.split(key, n))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class SingleTask(TaskFamily):
+    """The family holding one fixed task (say, an MLP on Fashion-MNIST): tasks differ only by their
+    initialisation and minibatch keys. The task is not copied per sample, so vmapping over many
+    inner runs of it does not replicate its data."""
+
+    task: Task
+
+    def sample(self, key: Array) -> Task:
+        return self.task
+
+
 # ---------------------------------------------------------------------------------------------
 # Metz et al. 2019, Fig. 2a and App. A
 
