@@ -1,0 +1,109 @@
+"""lopt.outer and lopt.checkpoint: resuming is bit-identical, non-finite estimates are skipped,
+the meta-optimizer of Maheswaranathan et al. 2021 C.2 clips, decays and penalises as stated."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lopt import checkpoint, estimators, optimizers, outer, tasks, truncation
+
+
+def _problem():
+    quad = jax.jit(tasks.Quadratic.from_eigenvalues)(jax.random.PRNGKey(0), jnp.array([0.5, 2.0]))
+    lopt = optimizers.Hyperparameters("momentum", {"learning_rate": 0.05, "beta": 0.5}, log=("learning_rate",))
+    return lopt, tasks.SingleTask(quad)
+
+
+@pytest.mark.parametrize("name", ["Merged", "PES"])
+def test_resume_from_checkpoint_is_bit_identical(tmp_path, name):
+    """A run killed after 4 of 7 outer steps and resumed from its checkpoint ends with exactly the
+    theta, history and estimator state of an uninterrupted run (curriculum lengths included)."""
+    lopt, family = _problem()
+    est = getattr(estimators, name)(lopt, family, horizon=12, length=truncation.curriculum(2, 6, 5), num_tasks=3)
+    theta0 = lopt.init(None)
+    opt = outer.meta_optimizer(0.05, clip_value=5.0, l2=1e-5)
+    key = jax.random.PRNGKey(7)
+    full = outer.train(est, theta0, opt, 7, key, progress=False)
+    path = tmp_path / "run.npz"
+    outer.train(est, theta0, opt, 4, key, checkpoint=path, checkpoint_every=2, progress=False)
+    resumed = outer.train(est, theta0, opt, 7, key, checkpoint=path, checkpoint_every=2, progress=False)
+    for a, b in zip(jax.tree.leaves(full.theta), jax.tree.leaves(resumed.theta)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(full.estimator_state), jax.tree.leaves(resumed.estimator_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert full.history.keys() == resumed.history.keys()
+    for k in full.history:
+        np.testing.assert_array_equal(full.history[k], resumed.history[k])
+    assert len(resumed.history["loss"]) == 7
+
+
+@dataclasses.dataclass(eq=False)
+class Flaky(estimators.GradientEstimator):
+    """Returns NaN on every third call, else the gradient of 1/2 ||theta - 1||^2."""
+
+    calls: int = 0
+
+    def init(self, key, theta):
+        return estimators.EstimatorState(jnp.zeros((), jnp.int32), None)
+
+    def estimate(self, theta, state, key):
+        self.calls += 1
+        grad = theta - 1.0
+        if self.calls % 3 == 0:
+            grad = grad * jnp.nan
+        return grad, state._replace(step=state.step + 1), {"loss": 0.5 * jnp.sum((theta - 1.0) ** 2), "length": 1}
+
+
+def test_non_finite_estimates_are_skipped_and_counted():
+    res = outer.train(Flaky(), jnp.zeros(2), optax.sgd(0.5), 9, jax.random.PRNGKey(0), progress=False)
+    assert res.num_skipped == 3
+    np.testing.assert_array_equal(res.history["skipped"], [0, 0, 1] * 3)
+    assert np.all(np.isfinite(np.asarray(res.theta)))
+    # six good steps of gradient descent with lr 0.5 halve the distance to 1 six times
+    np.testing.assert_allclose(res.theta, 1.0 - 0.5**6, rtol=1e-6)
+
+
+def test_track_and_history():
+    res = outer.train(Flaky(), jnp.zeros(2), optax.sgd(0.5), 2, jax.random.PRNGKey(0), progress=False,
+                      track=lambda th, g, info: {"theta0": th[0]})
+    np.testing.assert_allclose(res.history["theta0"], [0.0, 0.5])
+    assert set(res.history) >= {"loss", "grad_norm", "skipped", "length", "theta0"}
+    with pytest.raises(ValueError, match="num_steps"):
+        outer.train(Flaky(), jnp.zeros(2), optax.sgd(0.5), -1, jax.random.PRNGKey(0))
+
+
+def test_meta_optimizer_clip_decay_l2():
+    opt = outer.meta_optimizer(1.0, clip_value=5.0, l2=0.0, decay_every=2, decay_factor=0.5)
+    theta = jnp.array([0.0])
+    state = opt.init(theta)
+    steps = []
+    for _ in range(4):
+        upd, state = opt.update(jnp.array([100.0]), state, theta)
+        steps.append(float(upd[0]))
+    # Adam's first steps have magnitude lr (sign of the clipped gradient), then the decay halves lr
+    np.testing.assert_allclose(steps, [-1.0, -1.0, -0.5, -0.5], rtol=1e-3)
+    # the L2 term is added to the gradient before clipping: with zero gradient theta still shrinks
+    opt = outer.meta_optimizer(0.1, l2=1.0)
+    theta = jnp.array([3.0])
+    upd, _ = opt.update(jnp.zeros(1), opt.init(theta), theta)
+    assert float(upd[0]) < 0
+
+
+def test_checkpoint_round_trip(tmp_path):
+    tree = {"a": jnp.arange(3.0), "b": (jnp.ones((2, 2), jnp.int32), {"c": jnp.float32(1.5)})}
+    path = tmp_path / "sub" / "w.npz"
+    checkpoint.save_pytree(path, tree, meta={"hidden": 4, "task": "x"})
+    back, meta = checkpoint.load_pytree(path)
+    assert meta == {"hidden": 4, "task": "x"}
+    assert jax.tree.structure(back) == jax.tree.structure(tree)
+    for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(back)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+        assert np.asarray(a).dtype == b.dtype
+    with pytest.raises(FileNotFoundError):
+        checkpoint.load_pytree(tmp_path / "missing.npz")
