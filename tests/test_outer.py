@@ -107,3 +107,21 @@ def test_checkpoint_round_trip(tmp_path):
         assert np.asarray(a).dtype == b.dtype
     with pytest.raises(FileNotFoundError):
         checkpoint.load_pytree(tmp_path / "missing.npz")
+
+
+def test_probe_and_evaluate():
+    """probe: estimates along carried inner runs at a fixed theta; evaluate: the untruncated
+    outer-loss, equal to one truncation as long as the horizon."""
+    lopt, family = _problem()
+    theta = lopt.init(None)
+    est = estimators.TruncatedBPTT(lopt, family, horizon=6, length=2, num_tasks=2)
+    grads, info = outer.probe(est, theta, 3, jax.random.PRNGKey(0))
+    assert grads["learning_rate"].shape == (3,) and info["loss"].shape == (3,)
+    # carried runs: the second truncation starts where the first ended, so losses keep falling
+    assert info["loss"][0] > info["loss"][1] > info["loss"][2]
+    whole = outer.evaluate(lopt, family, theta, 6, 2, jax.random.PRNGKey(1))
+    np.testing.assert_allclose(np.mean(whole), np.mean(info["loss"]), rtol=1e-5)
+    batched = jax.tree.map(lambda x: jnp.stack([x, x + 0.1]), theta)
+    per = outer.evaluate(lopt, family, batched, 6, 2, jax.random.PRNGKey(1), batched_theta=True)
+    assert per.shape == (2, 2)
+    np.testing.assert_allclose(per[0], whole, rtol=1e-6)

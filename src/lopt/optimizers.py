@@ -47,9 +47,13 @@ def rmsprop(learning_rate: Scalar, decay: Scalar = 0.9, eps: Scalar = 1e-8) -> O
     return optax.rmsprop(learning_rate, decay=decay, eps=eps)
 
 
-def adam(learning_rate: Scalar, b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8) -> Optimizer:
-    """Adam (Kingma & Ba 2014) with bias correction."""
-    return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+def adam(
+    learning_rate: Scalar, b1: Scalar = 0.9, b2: Scalar = 0.999, eps: Scalar = 1e-8, eps_root: Scalar = 1e-16
+) -> Optimizer:
+    """Adam (Kingma & Ba 2014) with bias correction. ``eps_root`` inside the square root keeps
+    the unroll differentiable where a gradient is exactly zero (a dead ReLU unit): without it
+    d sqrt(v)/dv = inf at v = 0 and the outer-gradient is NaN (optax's advice for meta-learning)."""
+    return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
 
 
 HAND_DESIGNED: dict[str, Callable[..., Optimizer]] = {

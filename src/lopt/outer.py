@@ -149,3 +149,39 @@ def train(
             save(step + 1)
     hist = {k: np.asarray(v, np.float64) for k, v in history.items()}
     return OuterResult(theta, hist, skipped, opt_state, est_state)
+
+
+def probe(
+    estimator: GradientEstimator, theta: Theta, num_steps: int, key: Array, progress: bool = False
+) -> tuple[Theta, dict[str, np.ndarray]]:
+    """``num_steps`` estimates at a fixed ``theta``, the inner runs carried from one to the next:
+    the per-truncation outer-gradients along inner training (Metz et al. 2019 Fig. 3c). Returns
+    the estimates stacked on a leading axis and the scalar infos per step."""
+    state = estimator.init(jax.random.fold_in(key, -1 % 2**31), theta)
+    grads, rows = [], defaultdict(list)
+    for step in tqdm(range(int(num_steps)), desc="probe", disable=not progress):
+        grad, state, info = estimator.estimate(theta, state, jax.random.fold_in(key, step))
+        grads.append(grad)
+        for k, v in _scalars(info).items():
+            rows[k].append(v)
+    stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *grads)
+    return stacked, {k: np.asarray(v, np.float64) for k, v in rows.items()}
+
+
+def evaluate(
+    learned_opt: Any, family: Any, theta: Theta, num_steps: int, num_tasks: int, key: Array,
+    objective: str = "train", batched_theta: bool = False,
+) -> Array:
+    """The untruncated outer-loss of ``theta``: the mean over whole inner runs of ``num_steps``
+    steps of l(w_{t+1}), for ``num_tasks`` fresh runs (returned per run). With ``batched_theta``,
+    ``theta`` has a leading axis and is evaluated per entry (shape ``(len(theta), num_tasks)``)."""
+    from .truncation import TruncatedTraining
+
+    training = TruncatedTraining(learned_opt, family, int(num_steps), objective)
+
+    def one(th):
+        state = training.init(th, key, int(num_tasks))
+        return training.unroll(th, state, int(num_steps)).loss
+
+    fn = jax.jit(jax.vmap(one) if batched_theta else one)
+    return fn(theta)
