@@ -1,6 +1,7 @@
 """Learned optimizers: families of optimizers indexed by meta-parameters theta, sharing the
 ``LearnedOptimizer`` interface of :mod:`lopt.optimizers` (``init(key)``, ``opt_fn(theta)``)."""
 
+from .gru import GRUOptimizer
 from .mlp import MLPOptimizer
 
-__all__ = ["MLPOptimizer"]
+__all__ = ["GRUOptimizer", "MLPOptimizer"]

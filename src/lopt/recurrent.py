@@ -1,0 +1,416 @@
+"""Reverse-engineering recurrent optimizers (Maheswaranathan et al. 2021 sec. 3-4, App. B, C).
+
+A component-wise recurrent optimizer is given by its state update and readout (eqs. 1-2)::
+
+    h' = F(h, g),        x' = x + r(h')
+
+``cell`` is F (h (hidden,), g scalar -> (hidden,)) and ``readout`` is r (h -> scalar update, output
+scale included), for any such optimizer: the GRU of :mod:`lopt.learned.gru` (``gru_parts``), or a
+hand-built linear system. The tools:
+
+- :func:`optimize` runs the optimizer on a loss and records every coordinate's state (Fig. 3a, 4);
+- :func:`trajectory` / :func:`autonomous`: states driven by a given gradient sequence / by g = 0 (Fig. 5);
+- :func:`fixed_points`: minimise q(h) = 1/2 ||F(h, g*) - h||^2 from many seeds (Adam, then Levenberg-
+  Marquardt polishing), keep points with q below a tolerance, de-duplicated; :func:`slow_points` keeps
+  every minimum with its speed q (sec. 3.3, Fig. 6);
+- :func:`jacobians` and :func:`modes`: linearisation at a point (App. C, eq. 3) and its eigenmodes, each
+  a momentum timescale (the eigenvalue beta_j) and a learning rate, the input weight projected on the
+  left eigenvector times the readout projected on the right one (eq. 5, aggregated momentum);
+- :func:`update_function` / :func:`effective_learning_rate`: the update versus the gradient at a state,
+  and minus its slope at g = 0 (sec. 3.2, 4.3);
+- :func:`pca` and :func:`total_variance` of state trajectories (Fig. 3a);
+- :func:`reduced_optimizer`: the linearised optimizer keeping only some eigenmodes (App. B, Fig. 7c).
+
+Sign convention: a mode's learning rate is positive when it descends, so heavy-ball momentum
+v' = beta v + g, x' = x - lr v' has one mode with timescale beta and learning rate lr.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .optimizers import Optimizer
+
+Array = jax.Array
+Cell = Callable[[Array, Array], Array]
+Readout = Callable[[Array], Array]
+
+
+def gru_parts(gru: Any, theta: Any) -> tuple[Cell, Readout, Array]:
+    """(F, r, h0) of a :class:`lopt.learned.GRUOptimizer` with weights ``theta``."""
+    theta = jax.tree.map(jnp.asarray, theta)
+    return (lambda h, g: gru.cell(theta, h, g)), (lambda h: gru.readout(theta, h)), gru.initial_state(theta)
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+class Run(NamedTuple):
+    """States (T+1, k, hidden) and parameters (T, k) of the k recorded coordinates, gradients (T, n) of all
+    n coordinates, losses (T,)."""
+
+    states: Array
+    grads: Array
+    params: Array
+    losses: Array
+
+
+def optimize(cell: Cell, readout: Readout, h0: Array, loss: Callable[[Array], Array], x0: Array, num_steps: int,
+             coords: Any = None) -> Run:
+    """Apply the recurrent optimizer to ``loss`` from the flat parameter vector ``x0``, recording the states
+    of the coordinates ``coords`` (indices; all when None)."""
+    f = jax.vmap(cell)
+    idx = np.arange(x0.shape[0]) if coords is None else np.asarray(coords)
+
+    def body(carry, _):
+        x, h = carry
+        value, g = jax.value_and_grad(loss)(x)
+        h = f(h, g)
+        return (x + jax.vmap(readout)(h), h), (h[idx], g, x[idx], value)
+
+    h_init = jnp.broadcast_to(h0, (*x0.shape, h0.shape[-1]))
+    _, (hs, gs, xs, losses) = jax.lax.scan(body, (x0, h_init), None, length=num_steps)
+    return Run(jnp.concatenate([h_init[idx][None], hs]), gs, xs, losses)
+
+
+def trajectory(cell: Cell, h0: Array, grads: Array) -> Array:
+    """States h_0..h_T when the optimizer is fed the gradient sequence ``grads`` (T,): shape (T+1, hidden)."""
+    _, hs = jax.lax.scan(lambda h, g: (cell(h, g), cell(h, g)), h0, jnp.asarray(grads, h0.dtype))
+    return jnp.concatenate([h0[None], hs])
+
+
+def autonomous(cell: Cell, h0: Array, num_steps: int) -> Array:
+    """Zero-gradient (autonomous) dynamics from ``h0`` (sec. 4.3): shape (num_steps+1, hidden)."""
+    return trajectory(cell, h0, jnp.zeros((num_steps,), h0.dtype))
+
+
+def as_optimizer(cell: Cell, readout: Readout, h0: Array) -> Optimizer:
+    """The recurrent optimizer as an optax ``GradientTransformation`` on any parameter pytree."""
+    f, r = jax.vmap(cell), jax.vmap(readout)
+
+    def init(params):
+        return jax.tree.map(lambda p: jnp.broadcast_to(h0, (*jnp.shape(p), h0.shape[-1])), params)
+
+    def update(grads, state, params=None):
+        h = jax.tree.map(lambda s, g: f(s.reshape(-1, s.shape[-1]), g.ravel()).reshape(s.shape), state, grads)
+        return jax.tree.map(lambda s, g: r(s.reshape(-1, s.shape[-1])).reshape(g.shape), h, grads), h
+
+    return optax.GradientTransformation(init, update)
+
+
+# --------------------------------------------------------------------------------------------- update functions
+
+
+def update_function(cell: Cell, readout: Readout, h: Array, grads: Array) -> Array:
+    """Update r(F(h, g)) for each gradient in ``grads`` at the fixed state h (sec. 3.2)."""
+    return jax.vmap(lambda g: readout(cell(h, g)))(jnp.asarray(grads, h.dtype))
+
+
+def effective_learning_rate(cell: Cell, readout: Readout, h: Array) -> Array:
+    """Minus the slope of the update function at g = 0 (sec. 4.3); vectorised over leading axes of h."""
+    slope = jax.grad(lambda hh, g: readout(cell(hh, g)), argnums=1)
+    flat = h.reshape(-1, h.shape[-1])
+    return -jax.vmap(slope)(flat, jnp.zeros(flat.shape[0], h.dtype)).reshape(h.shape[:-1])
+
+
+# --------------------------------------------------------------------------------------------- fixed points
+
+
+class FixedPoints(NamedTuple):
+    """Points (K, hidden) sorted by speed, their speeds q = 1/2 ||F(h, g*) - h||^2 (K,), the input g*."""
+
+    points: np.ndarray
+    speeds: np.ndarray
+    g: float
+
+
+def speed(cell: Cell, h: Array, g: float | Array) -> Array:
+    """q(h) = 1/2 ||F(h, g) - h||^2."""
+    d = cell(h, jnp.asarray(g, h.dtype)) - h
+    return 0.5 * jnp.sum(d * d)
+
+
+def _minimise(cell: Cell, gs: Array, seeds: Array, num_steps: int, learning_rate: float, polish: int) -> Array:
+    """Minimise q for every input in ``gs`` (G,) from every seed in ``seeds`` (G, S, hidden)."""
+    adam = optax.adam(learning_rate)
+
+    def one(g, h):
+        q = lambda x: speed(cell, x, g)
+
+        def adam_step(carry, _):
+            x, s = carry
+            upd, s = adam.update(jax.grad(q)(x), s, x)
+            return (x + upd, s), None
+
+        def lm_step(x, _):  # Levenberg-Marquardt on the residual F(x) - x
+            res = cell(x, g) - x
+            j = jax.jacfwd(lambda y: cell(y, g) - y)(x)
+            new = x - jnp.linalg.solve(j.T @ j + 1e-6 * jnp.eye(x.shape[0], dtype=x.dtype), j.T @ res)
+            return jnp.where(q(new) < q(x), new, x), None
+
+        (h, _), _ = jax.lax.scan(adam_step, (h, adam.init(h)), None, length=num_steps)
+        return jax.lax.scan(lm_step, h, None, length=polish)[0]
+
+    over_seeds = jax.vmap(one, in_axes=(None, 0))
+    return jax.jit(jax.vmap(over_seeds))(jnp.asarray(gs, seeds.dtype), seeds)
+
+
+def _dedup(pts: np.ndarray, qs: np.ndarray, g: float, dedup: float) -> FixedPoints:
+    keep: list[int] = []
+    for i in np.argsort(qs, kind="stable"):
+        if np.isfinite(qs[i]) and all(np.linalg.norm(pts[i] - pts[k]) > dedup for k in keep):
+            keep.append(int(i))
+    return FixedPoints(pts[keep], qs[keep], float(g))
+
+
+def slow_points_many(cell: Cell, gs: Any, seeds: Array, num_steps: int = 2000, learning_rate: float = 1e-2,
+                     polish: int = 20, dedup: float = 1e-3) -> list[FixedPoints]:
+    """:func:`slow_points` for each input in ``gs``, in one compiled call; ``seeds`` is (S, hidden), the same
+    for every g, or (G, S, hidden)."""
+    gs = np.atleast_1d(np.asarray(gs, np.float32))
+    seeds = jnp.asarray(seeds)
+    seeds = jnp.broadcast_to(seeds, (len(gs), *seeds.shape)) if seeds.ndim == 2 else seeds
+    pts = _minimise(cell, jnp.asarray(gs), seeds, num_steps, learning_rate, polish)
+    qs = jax.vmap(jax.vmap(lambda g, h: speed(cell, h, g), in_axes=(None, 0)))(jnp.asarray(gs), pts)
+    pts, qs = np.asarray(pts), np.asarray(qs)
+    return [_dedup(pts[i], qs[i], gs[i], dedup) for i in range(len(gs))]
+
+
+def slow_points(cell: Cell, g: float, seeds: Array, **kw: Any) -> FixedPoints:
+    """Local minima of q(h) = 1/2 ||F(h, g) - h||^2 from every seed (rows of ``seeds``; Adam for
+    ``num_steps``, then ``polish`` Levenberg-Marquardt steps), with their speeds, de-duplicated (points
+    closer than ``dedup`` merge, the slower kept) and sorted slowest first."""
+    return slow_points_many(cell, [g], seeds, **kw)[0]
+
+
+def fixed_points(cell: Cell, g: float, seeds: Array, tol: float = 1e-10, **kw: Any) -> FixedPoints:
+    """The slow points with speed q <= ``tol``: the fixed points of h -> F(h, g) found from ``seeds``."""
+    sp = slow_points(cell, g, seeds, **kw)
+    ok = sp.speeds <= tol
+    return FixedPoints(sp.points[ok], sp.speeds[ok], sp.g)
+
+
+# --------------------------------------------------------------------------------------------- linearisation
+
+
+def jacobians(cell: Cell, h: Array, g: float | Array = 0.0) -> tuple[Array, Array]:
+    """dF/dh (hidden, hidden) and dF/dg (hidden,) at (h, g) (App. C, eq. 3)."""
+    g = jnp.asarray(g, h.dtype)
+    return jax.jacfwd(cell, argnums=0)(h, g), jax.jacfwd(cell, argnums=1)(h, g)
+
+
+class Modes(NamedTuple):
+    """Eigenmodes of the linearised optimizer at ``point`` (App. C). Column j of ``right`` and row j of
+    ``left`` are the right and left eigenvectors of dF/dh (left @ right = I); ``inputs`` = left @ dF/dg
+    (alpha_j), ``outputs`` = dr/dh @ right; ``learning_rates`` = -inputs * outputs; ``eigenvalues`` are
+    the momentum timescales beta_j. Sorted by |eigenvalue|, slowest first."""
+
+    eigenvalues: np.ndarray
+    learning_rates: np.ndarray
+    right: np.ndarray
+    left: np.ndarray
+    inputs: np.ndarray
+    outputs: np.ndarray
+    point: np.ndarray
+    g: float
+
+
+def modes(cell: Cell, readout: Readout, h: Array, g: float = 0.0) -> Modes:
+    """Linearise F at (h, g) and translate its eigenmodes into (timescale, learning rate) pairs (App. C)."""
+    h = jnp.asarray(h)
+    jac, b = (np.asarray(x, np.float64) for x in jacobians(cell, h, g))
+    w = np.asarray(jax.grad(readout)(h), np.float64)  # linear readout: dr/dh = output_scale * w
+    lam, right = np.linalg.eig(jac)
+    order = np.argsort(-np.abs(lam), kind="stable")
+    lam, right = lam[order], right[:, order]
+    left = np.linalg.inv(right)
+    inputs, outputs = left @ b, w @ right
+    return Modes(lam, -inputs * outputs, right, left, inputs, outputs, np.asarray(h, np.float64), float(g))
+
+
+def reduced_optimizer(m: Modes, readout: Readout, h0: Array, keep: Any = (0,)) -> Optimizer:
+    """The linearised optimizer of App. B/C keeping only the modes ``keep`` (Fig. 7c): per coordinate
+    v_j' = beta_j v_j + alpha_j (g - g*), update = r(h*) + sum_j outputs_j v_j', with v_j(0) the projection
+    of h0 - h* on the left eigenvector. Complex modes are paired with their conjugates (2 Re)."""
+    keep = np.atleast_1d(np.asarray(keep))
+    lam, a, c = (jnp.asarray(x[keep]) for x in (m.eigenvalues, m.inputs, m.outputs))
+    weight = jnp.where(jnp.abs(jnp.imag(lam)) > 1e-12, 2.0, 1.0)
+    v0 = jnp.asarray(m.left[keep] @ (np.asarray(h0, np.float64) - m.point))
+    offset = float(readout(jnp.asarray(m.point, jnp.asarray(h0).dtype)))
+
+    def init(params):
+        return jax.tree.map(lambda p: jnp.broadcast_to(v0, (*jnp.shape(p), len(keep))), params)
+
+    def update(grads, state, params=None):
+        v = jax.tree.map(lambda s, g: lam * s + a * (g[..., None] - m.g), state, grads)
+        out = lambda s, g: (offset + jnp.sum(weight * jnp.real(c * s), axis=-1)).astype(jnp.result_type(g))
+        return jax.tree.map(out, v, grads), v
+
+    return optax.GradientTransformation(init, update)
+
+
+# --------------------------------------------------------------------------------------------- state-space geometry
+
+
+def total_variance(states: Array) -> np.ndarray:
+    """Total variance across runs at each time: states (runs, T, hidden) -> (T,) (Fig. 3a inset)."""
+    s = np.asarray(states, np.float64)
+    return np.sum(np.var(s, axis=0), axis=-1)
+
+
+class PCA(NamedTuple):
+    mean: np.ndarray  # (hidden,)
+    components: np.ndarray  # (k, hidden), rows
+    explained: np.ndarray  # (k,) fraction of variance
+
+    def project(self, h: Any) -> np.ndarray:
+        return (np.asarray(h, np.float64) - self.mean) @ self.components.T
+
+
+def pca(states: Any, k: int = 2) -> PCA:
+    """Principal components of states (..., hidden), pooled over leading axes."""
+    x = np.asarray(states, np.float64).reshape(-1, np.shape(states)[-1])
+    mean = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return PCA(mean, vt[:k], (s**2 / max(float(np.sum(s**2)), 1e-300))[:k])
+
+
+# --------------------------------------------------------------------------------------------- the trained GRUs
+
+
+def load_trained_gru(task: str) -> tuple[Any, Any, dict]:
+    """(GRUOptimizer, theta, meta) meta-trained by notebook 10 on ``task`` (linear_regression, rosenbrock,
+    two_moons), read from ``config.output_dir()/data/learned/gru_{task}.npz``."""
+    from . import checkpoint, config
+    from .learned import GRUOptimizer
+
+    path = config.output_dir() / "data" / "learned" / f"gru_{task}.npz"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: the GRU weights are written by notebook 10; run "
+            "`dvc repro nb10_learned_optimizers` (or run notebooks/10_*.ipynb with the same LOPT_OUTPUT_DIR) first"
+        )
+    theta, meta = checkpoint.load_pytree(path)
+    return GRUOptimizer(**meta["optimizer"]), jax.tree.map(jnp.asarray, theta), meta
+
+
+def flat_problem(task: Any, key: Array) -> tuple[Callable[[Array], Array], Array]:
+    """(loss on a flat parameter vector, flat x0) of a deterministic task (no minibatches)."""
+    from jax.flatten_util import ravel_pytree
+
+    x0, unravel = ravel_pytree(task.init(key))
+    return (lambda x: task.loss(unravel(x), None)), x0
+
+
+def run_family(cell: Cell, readout: Readout, h0: Array, family: Any, key: Array, num_tasks: int,
+               num_steps: int, coords: Any = None) -> Run:
+    """:func:`optimize` on ``num_tasks`` problems sampled from ``family`` (leading axis: problem)."""
+
+    def one(k):
+        k_task, k_init = jax.random.split(k)
+        loss, x0 = flat_problem(family.sample(k_task), k_init)
+        return optimize(cell, readout, h0, loss, x0, num_steps, coords)
+
+    return jax.jit(jax.vmap(one))(jax.random.split(key, num_tasks))
+
+
+def heavy_ball_optimum(lmin: float, lmax: float) -> tuple[float, float]:
+    """Optimal heavy-ball (learning rate, momentum) for a quadratic with Hessian spectrum in [lmin, lmax]
+    (Polyak 1964): alpha* = 4 / (sqrt(lmin) + sqrt(lmax))^2, beta* = ((sqrt(lmax) - sqrt(lmin)) /
+    (sqrt(lmax) + sqrt(lmin)))^2."""
+    a, b = np.sqrt(lmin), np.sqrt(lmax)
+    return float(4.0 / (a + b) ** 2), float(((b - a) / (b + a)) ** 2)
+
+
+def momentum_grid(family: Any, key: Array, num_tasks: int, num_steps: int, lrs: Any, betas: Any) -> np.ndarray:
+    """Mean training loss over ``num_steps`` of heavy-ball momentum for each (lr, beta) on the grid, averaged
+    over ``num_tasks`` problems of ``family`` (the meta-objective of App. D.3); shape (len(lrs), len(betas))."""
+    from .optimizers import momentum
+
+    def one(lr, beta, k):
+        k_task, k_init = jax.random.split(k)
+        loss, x0 = flat_problem(family.sample(k_task), k_init)
+        opt = momentum(lr, beta)
+
+        def body(c, _):
+            x, s = c
+            value, g = jax.value_and_grad(loss)(x)
+            u, s = opt.update(g, s, x)
+            return (x + u, s), value
+
+        return jnp.mean(jax.lax.scan(body, (x0, opt.init(x0)), None, length=num_steps)[1])
+
+    keys = jax.random.split(key, num_tasks)
+    per = jax.vmap(lambda lr, b: jnp.mean(jax.vmap(lambda k: one(lr, b, k))(keys)), in_axes=(None, 0))
+    f = jax.jit(jax.vmap(per, in_axes=(0, None)))
+    out = np.asarray(f(jnp.asarray(lrs, jnp.float32), jnp.asarray(betas, jnp.float32)))
+    return np.where(np.isfinite(out), out, np.inf)
+
+
+def family(task: str) -> Any:
+    """The task family a GRU of notebook 10 was trained on (App. D.1), by name."""
+    from . import tasks
+
+    known = {"linear_regression": tasks.LinearRegressionFamily, "rosenbrock": tasks.RosenbrockFamily,
+             "two_moons": tasks.TwoMoonsFamily}
+    if task not in known:
+        raise ValueError(f"unknown task {task!r}; allowed values: {', '.join(known)}")
+    return known[task]()
+
+
+def mode_hyperparameters(m: Modes, j: int = 0) -> tuple[float, float]:
+    """(momentum timescale |beta_j|, learning rate) of mode j; a complex mode counts with its conjugate
+    (learning rate 2 Re alpha_j)."""
+    pair = abs(m.eigenvalues[j].imag) > 1e-12
+    return float(abs(m.eigenvalues[j])), float((2.0 if pair else 1.0) * m.learning_rates[j].real)
+
+
+class Convergence(NamedTuple):
+    """Fig. 3 for one task: the runs, total variance over time, the convergence fixed point and its modes."""
+
+    run: Run
+    total_variance: np.ndarray
+    fixed_point: FixedPoints
+    modes: Modes
+    pca: PCA
+
+
+def convergence(cell: Cell, readout: Readout, h0: Array, fam: Any, key: Array, num_tasks: int, num_steps: int,
+                coords: Any = None, num_seeds: int = 32, tol: float = 1e-8, fp_steps: int = 2000) -> Convergence:
+    """Run the optimizer on ``num_tasks`` problems, then find the fixed point (g* = 0) the final states
+    converge to (seeded from them; the nearest with speed <= tol, else the slowest point found) and
+    linearise there (sec. 4.1, Fig. 3)."""
+    run = run_family(cell, readout, h0, fam, key, num_tasks, num_steps, coords)
+    states = np.asarray(run.states).transpose(0, 2, 1, 3).reshape(-1, run.states.shape[1], run.states.shape[-1])
+    final = states[:, -1]
+    seeds = final[np.linspace(0, len(final) - 1, min(num_seeds, len(final))).astype(int)]
+    sp = slow_points(cell, 0.0, jnp.asarray(seeds, jnp.float32), num_steps=fp_steps)
+    ok = np.flatnonzero(sp.speeds <= tol)  # fixed points; else fall back on the slowest point (speed reported)
+    cand = ok if len(ok) else np.array([0])
+    nearest = int(cand[np.argmin(np.linalg.norm(sp.points[cand] - final.mean(0), axis=1))])
+    fp = FixedPoints(sp.points[nearest:nearest + 1], sp.speeds[nearest:nearest + 1], 0.0)
+    m = modes(cell, readout, jnp.asarray(fp.points[0], jnp.float32))
+    return Convergence(run, total_variance(states), fp, m, pca(states, 2))
+
+
+def loss_curves(opt: Optimizer, fam: Any, key: Array, num_tasks: int, num_steps: int) -> Array:
+    """Training loss per step (num_tasks, num_steps) of an optax optimizer on problems of ``fam``."""
+
+    def one(k):
+        k_task, k_init = jax.random.split(k)
+        loss, x0 = flat_problem(fam.sample(k_task), k_init)
+
+        def body(c, _):
+            x, s = c
+            value, g = jax.value_and_grad(loss)(x)
+            u, s = opt.update(g, s, x)
+            return (x + u, s), value
+
+        return jax.lax.scan(body, (x0, opt.init(x0)), None, length=num_steps)[1]
+
+    return jax.jit(jax.vmap(one))(jax.random.split(key, num_tasks))
