@@ -6,17 +6,18 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 SMOKE_DIR := $(CURDIR)/.smoke
 export PATH := $(BIN):$(PATH)
-export MPLBACKEND := Agg
 
 .PHONY: repro test install data lab
 
+# MPLBACKEND is unset so that papermill's kernels keep their inline backend: the executed
+# notebooks then carry their figures (GitHub shows them); tests run headless with Agg.
 repro: install data
-	dvc repro $(if $(FORCE),--force)
+	env -u MPLBACKEND dvc repro $(if $(FORCE),--force)
 	@echo "done: figures/ and notebooks/executed/ are up to date; see the numbers with .venv/bin/dvc metrics show"
 
 test: install data
 	rm -rf $(SMOKE_DIR)
-	LOPT_PROFILE=smoke LOPT_OUTPUT_DIR=$(SMOKE_DIR) \
+	MPLBACKEND=Agg LOPT_PROFILE=smoke LOPT_OUTPUT_DIR=$(SMOKE_DIR) \
 		python -m pytest -q tests --nbval-lax notebooks/[0-9]*.ipynb
 
 install: $(STAMP)

@@ -120,3 +120,17 @@ def test_notebook_stage(name):
         assert cell.get("outputs", []) == [], f"{notebook}: committed with outputs"
     tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, f"{notebook}: {len(tagged)} cells tagged 'parameters'"
+
+
+@pytest.mark.parametrize("name", sorted(_notebook_stages()))
+def test_executed_notebook_shows_its_figures(name):
+    """The committed executed copy shows its figures inline (a run with MPLBACKEND=Agg drops them)."""
+    executed = [p for p, _ in _paths(_notebook_stages()[name].get("outs")) if p.startswith("notebooks/executed/")]
+    assert len(executed) == 1, f"{name}: executed copies {executed}"
+    path = ROOT / executed[0]
+    if not path.is_file():
+        pytest.skip(f"{executed[0]} not generated yet (dvc repro {name})")
+    nb = json.loads(path.read_text())
+    saves = sum("plotting.savefig(" in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    images = sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    assert images >= saves, f"{executed[0]}: {images} inline images for {saves} saved figures; rerun `make repro`"

@@ -157,3 +157,12 @@ def test_gru_parts_match_the_gru_optimizer_and_geometry_helpers():
     pc = recurrent.pca(x, k=1)
     np.testing.assert_allclose(np.abs(pc.components[0]), [0.6, 0, 0, 0.8, 0, 0], atol=1e-8)
     assert pc.explained[0] == pytest.approx(1.0)
+
+
+def test_family_rebuilds_the_saved_task_family():
+    # notebook 10 saves dataclasses.asdict(family) in the weights' meta data (lists after JSON)
+    fam = recurrent.family("two_moons", hidden=[16, 16, 16], num_data=32, noise=0.1, data_seed=0)
+    assert fam == tasks.TwoMoonsFamily(hidden=(16, 16, 16), num_data=32)
+    assert recurrent.family("linear_regression") == tasks.LinearRegressionFamily()
+    with pytest.raises(ValueError, match="allowed values"):
+        recurrent.family("mnist")

@@ -352,15 +352,16 @@ def momentum_grid(family: Any, key: Array, num_tasks: int, num_steps: int, lrs: 
     return np.where(np.isfinite(out), out, np.inf)
 
 
-def family(task: str) -> Any:
-    """The task family a GRU of notebook 10 was trained on (App. D.1), by name."""
+def family(task: str, **settings: Any) -> Any:
+    """The task family a GRU of notebook 10 was trained on (App. D.1), by name, with the fields notebook 10
+    saved in the weights' meta data (``family(name, **meta["family"])``: e.g. the two-moons MLP's width)."""
     from . import tasks
 
     known = {"linear_regression": tasks.LinearRegressionFamily, "rosenbrock": tasks.RosenbrockFamily,
              "two_moons": tasks.TwoMoonsFamily}
     if task not in known:
         raise ValueError(f"unknown task {task!r}; allowed values: {', '.join(known)}")
-    return known[task]()
+    return known[task](**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
 
 
 def mode_hyperparameters(m: Modes, j: int = 0) -> tuple[float, float]:
