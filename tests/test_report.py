@@ -99,3 +99,19 @@ def test_savefig(output_dir):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_not_reproduced_claims_are_recorded_and_reported_not_asserted(output_dir, capsys):
+    claims = {"a": True, "b": False}
+    path = report.save_metrics("07", "cpu", 1.0, {"x": 1.0}, claims, not_reproduced=["b"])
+    record = json.loads(path.read_text())
+    assert record["claims"] == {"a": True, "b": False} and record["not_reproduced"] == ["b"]
+    report.assert_claims(claims, {"x": 1.0}, "cpu", not_reproduced=["b"])
+    assert "not reproduced at profile 'cpu'" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="a"):  # every other claim is still asserted
+        report.assert_claims({"a": False, "b": False}, {"x": 1.0}, "cpu", not_reproduced=["b"])
+    with pytest.raises(KeyError, match="unknown claims"):
+        report.assert_claims(claims, {"x": 1.0}, "cpu", not_reproduced=["c"])
+    with pytest.raises(TypeError):
+        report.save_metrics("07", "cpu", 1.0, {}, claims, not_reproduced="b")
+    assert json.loads(report.save_metrics("07", "cpu", 1.0, {}, claims).read_text())["not_reproduced"] == []

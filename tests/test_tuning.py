@@ -146,9 +146,14 @@ def test_train_and_select_keeps_best_scored_theta_and_matches_plain_training():
         seen.append(float(np.exp(theta["learning_rate"])))
         return abs(seen[-1] - 0.2)
 
-    res, best, scores = tuning.train_and_select(est, hp.init(), opt, 7, jax.random.PRNGKey(0), every=3, score=score,
-                                                progress=False)
+    sel = tuning.train_and_select(est, hp.init(), opt, 7, jax.random.PRNGKey(0), every=3, score=score, progress=False)
+    res, best, scores = sel.result, sel.best, sel.scores
     assert len(scores) == 3 and len(res.history["loss"]) == 7
+    assert sel.steps.tolist() == [3, 6, 7] and len(sel.thetas) == 3
     assert float(np.exp(best["learning_rate"])) == pytest.approx(seen[int(np.argmin(scores))])
+    assert sel.best_step == sel.steps[int(np.argmin(scores))]
+    assert [float(np.exp(t["learning_rate"])) for t in sel.thetas] == pytest.approx(seen)
+    assert sel.first_at_most(np.inf) == 0 and sel.first_at_most(-1.0) is None
+    assert sel.first_at_most(float(np.sort(scores)[1])) == int(np.flatnonzero(scores <= np.sort(scores)[1])[0])
     plain = outer.train(est, hp.init(), opt, 7, jax.random.PRNGKey(0), progress=False)
     np.testing.assert_array_equal(np.asarray(res.theta["learning_rate"]), np.asarray(plain.theta["learning_rate"]))

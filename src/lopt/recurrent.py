@@ -285,7 +285,9 @@ def pca(states: Any, k: int = 2) -> PCA:
 
 def load_trained_gru(task: str) -> tuple[Any, Any, dict]:
     """(GRUOptimizer, theta, meta) meta-trained by notebook 10 on ``task`` (linear_regression, rosenbrock,
-    two_moons), read from ``config.output_dir()/data/learned/gru_{task}.npz``."""
+    two_moons, or linear_regression_momentum: the one that performs as well as momentum, App. B), read from
+    ``config.output_dir()/data/learned/gru_{task}.npz``; ``meta["task"]`` and ``meta["family"]`` name the
+    task family it was trained on (:func:`family`)."""
     from . import checkpoint, config
     from .learned import GRUOptimizer
 

@@ -152,19 +152,39 @@ def curves(
     return np.asarray(curve_fn(learned_opt, family, num_steps, num_tasks)(theta, key), np.float64)
 
 
+class Selection(NamedTuple):
+    """Meta-training paused to score theta (:func:`train_and_select`)."""
+
+    result: Any  # the full run's lopt.outer.OuterResult
+    best: Any  # the theta with the lowest score
+    scores: np.ndarray  # one score per pause (inf where not finite)
+    steps: np.ndarray  # the outer step of each pause
+    thetas: list  # the theta at each pause
+
+    @property
+    def best_step(self) -> int:
+        return int(self.steps[int(np.argmin(self.scores))])
+
+    def first_at_most(self, target: float) -> int | None:
+        """Index of the first pause whose score is <= ``target`` (None if none is): e.g. the first
+        learned optimizer that performs as well as tuned momentum (Maheswaranathan et al. 2021 App. B)."""
+        hits = np.flatnonzero(self.scores <= target)
+        return int(hits[0]) if hits.size else None
+
+
 def train_and_select(
     estimator: Any, theta: Any, outer_opt: Any, num_steps: int, key: Array, *, every: int,
     score: Callable[[Any], float], desc: str = "outer-training", progress: bool = True,
-) -> tuple[Any, Any, np.ndarray]:
+) -> Selection:
     """:func:`lopt.outer.train` for ``num_steps`` outer steps, paused every ``every`` steps (it resumes
     bit-identically from its checkpoint) to score theta with ``score`` (say, the mean meta-objective on
-    validation problems); a non-finite score counts as inf. Returns the full run's ``OuterResult``, the
-    theta with the lowest score, and the scores (one per pause). The paper keeps the best performing
+    validation problems); a non-finite score counts as inf. Returns the full run, the theta with the
+    lowest score, and the score, outer step and theta of every pause. The paper keeps the best performing
     learned optimizer per task (C.2); meta-training through long unrolls can blow up late (Metz et al.
     2019), and the selection keeps the optimizer from before."""
     if int(every) < 1:
         raise ValueError(f"every must be >= 1, got {every}")
-    scores, best, result = [], None, None
+    scores, steps, thetas, result = [], [], [], None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "outer.npz"
         for stop in range(int(every), int(num_steps) + int(every), int(every)):
@@ -173,11 +193,12 @@ def train_and_select(
                                  progress=progress, desc=desc)
             value = float(score(result.theta))
             scores.append(value if np.isfinite(value) else np.inf)
-            if best is None or scores[-1] < min(scores[:-1], default=np.inf):
-                best = result.theta
+            steps.append(stop)
+            thetas.append(result.theta)
             if stop == int(num_steps):
                 break
-    return result, best, np.asarray(scores)
+    scores = np.asarray(scores)
+    return Selection(result, thetas[int(np.argmin(scores))], scores, np.asarray(steps), thetas)
 
 
 def evaluate(

@@ -26,6 +26,7 @@ gradient of Rosenbrock is O(100), so train that one with ``input_scale`` ~ 0.01-
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, NamedTuple
 
 import jax
@@ -91,8 +92,18 @@ class GRUOptimizer(LearnedOptimizer):
             return GRUOptState(jax.tree.map(one, params))
 
         def update(grads: Any, state: GRUOptState, params: Any = None):
-            h = jax.tree.map(lambda hh, g: self.cell(theta, hh, g), state.h, grads)
-            updates = jax.tree.map(lambda hh, g: self.readout(theta, hh).astype(jnp.result_type(g)), h, grads)
-            return updates, GRUOptState(h)
+            # one GRU step over the coordinates of all tensors at once: a few large ops instead of a few
+            # small ones per tensor (a 200-step meta-gradient on the 3x16 two-moons MLP compiles ~2x faster)
+            g_leaves, treedef = jax.tree.flatten(grads)
+            h_leaves = treedef.flatten_up_to(state.h)
+            sizes = [int(jnp.size(g)) for g in g_leaves]
+            g = jnp.concatenate([jnp.ravel(x) for x in g_leaves])
+            h = jnp.concatenate([x.reshape(-1, self.hidden) for x in h_leaves])
+            h = self.cell(theta, h, g)
+            u = self.readout(theta, h)
+            cuts = list(itertools.accumulate(sizes))[:-1]
+            new_h = [x.reshape(*jnp.shape(gl), self.hidden) for x, gl in zip(jnp.split(h, cuts), g_leaves)]
+            updates = [x.reshape(jnp.shape(gl)).astype(jnp.result_type(gl)) for x, gl in zip(jnp.split(u, cuts), g_leaves)]
+            return treedef.unflatten(updates), GRUOptState(treedef.unflatten(new_h))
 
         return optax.GradientTransformation(init, update)
