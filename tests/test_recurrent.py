@@ -166,3 +166,16 @@ def test_family_rebuilds_the_saved_task_family():
     assert recurrent.family("linear_regression") == tasks.LinearRegressionFamily()
     with pytest.raises(ValueError, match="allowed values"):
         recurrent.family("mnist")
+
+
+def test_linear_range_of_a_soft_clipping_update_function():
+    # u(g) = -tanh(g): slope 1 at 0; |g - tanh(g)| <= 0.1 |g| holds up to tanh(g) = 0.9 g, g* = 0.5840
+    cell = lambda h, g: jnp.tanh(g) * jnp.ones_like(h)
+    readout = lambda h: -h[0]
+    h = jnp.zeros(2)
+    assert recurrent.linear_range(cell, readout, h, gmax=2.0, num=2000) == pytest.approx(0.5840, abs=2e-3)
+    # a linear update function is linear everywhere: the whole range
+    lin = lambda hh, g: g * jnp.ones_like(hh)
+    assert recurrent.linear_range(lin, readout, h, gmax=3.0) == 3.0
+    with pytest.raises(ValueError):
+        recurrent.linear_range(cell, readout, h, gmax=0.0)

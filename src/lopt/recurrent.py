@@ -17,7 +17,8 @@ hand-built linear system. The tools:
   a momentum timescale (the eigenvalue beta_j) and a learning rate, the input weight projected on the
   left eigenvector times the readout projected on the right one (eq. 5, aggregated momentum);
 - :func:`update_function` / :func:`effective_learning_rate`: the update versus the gradient at a state,
-  and minus its slope at g = 0 (sec. 3.2, 4.3);
+  and minus its slope at g = 0 (sec. 3.2, 4.3); :func:`linear_range`: where the update function stops
+  being linear (soft clipping, App. A);
 - :func:`pca` and :func:`total_variance` of state trajectories (Fig. 3a);
 - :func:`reduced_optimizer`: the linearised optimizer keeping only some eigenmodes (App. B, Fig. 7c).
 
@@ -116,6 +117,23 @@ def effective_learning_rate(cell: Cell, readout: Readout, h: Array) -> Array:
     slope = jax.grad(lambda hh, g: readout(cell(hh, g)), argnums=1)
     flat = h.reshape(-1, h.shape[-1])
     return -jax.vmap(slope)(flat, jnp.zeros(flat.shape[0], h.dtype)).reshape(h.shape[:-1])
+
+
+def linear_range(cell: Cell, readout: Readout, h: Array, gmax: float, num: int = 400, tol: float = 0.1) -> float:
+    """The gradient magnitude up to which the update function at state h stays linear (App. A, Fig. 4): the
+    smallest |g| on a grid of ``num`` magnitudes in (0, gmax], either sign, where the update departs from its
+    tangent at g = 0 by more than ``tol`` relative, |u(g) - u(0) + lr_eff g| > tol |lr_eff g|; ``gmax`` if none
+    does. g = 0 itself is never tested (there the relative test is 0/0)."""
+    if not (gmax > 0 and int(num) >= 1 and tol > 0):
+        raise ValueError(f"need gmax > 0, num >= 1, tol > 0; got gmax={gmax}, num={num}, tol={tol}")
+    mags = float(gmax) * np.arange(1, int(num) + 1) / int(num)
+    grads = np.concatenate([-mags, mags])
+    u = np.asarray(update_function(cell, readout, h, jnp.asarray(grads)), np.float64)
+    u0 = float(update_function(cell, readout, h, jnp.zeros((1,)))[0])
+    lr0 = float(effective_learning_rate(cell, readout, h))
+    off = np.abs(u - u0 + lr0 * grads) > tol * np.abs(lr0 * grads)
+    bad = mags[off[: len(mags)] | off[len(mags):]]
+    return float(bad.min()) if bad.size else float(gmax)
 
 
 # --------------------------------------------------------------------------------------------- fixed points
