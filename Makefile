@@ -18,7 +18,7 @@ repro: install data
 test: install data
 	rm -rf $(SMOKE_DIR)
 	MPLBACKEND=Agg LOPT_PROFILE=smoke LOPT_OUTPUT_DIR=$(SMOKE_DIR) \
-		python -m pytest -q tests --nbval-lax notebooks/[0-9]*.ipynb
+		python -m pytest -q --durations=15 tests --nbval-lax notebooks/[0-9]*.ipynb
 
 install: $(STAMP)
 
