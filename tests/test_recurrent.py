@@ -179,3 +179,28 @@ def test_linear_range_of_a_soft_clipping_update_function():
     assert recurrent.linear_range(lin, readout, h, gmax=3.0) == 3.0
     with pytest.raises(ValueError):
         recurrent.linear_range(cell, readout, h, gmax=0.0)
+
+
+def test_s_curve_of_a_linear_system_is_its_known_fixed_points():
+    # F(h, g) = A h + b g: fixed point h* = (I - A)^-1 b g; update -w.h', effective learning rate w.b everywhere
+    a = jnp.asarray([0.5, 0.8, 0.2])
+    b, w = jnp.asarray([1.0, -0.5, 0.3]), jnp.asarray([0.4, 0.1, -0.2])
+    cell = lambda h, g: a * h + b * g
+    readout = lambda h: -(w @ h)
+    gs = np.linspace(-1.0, 1.0, 5)
+    visited = np.random.default_rng(0).normal(size=(4, 6, 3))
+    sc = recurrent.s_curve(cell, readout, jnp.zeros(3), gs, visited, num_seeds=3, num_steps=5, fp_steps=200)
+    np.testing.assert_allclose(sc.points, np.outer(gs, b / (1 - a)), atol=1e-5)
+    assert sc.speeds.max() < 1e-10 and sc.gs.tolist() == gs.tolist()
+    np.testing.assert_allclose(sc.eff_lr, float(w @ b), rtol=1e-5)
+
+
+def test_loss_curves_are_the_unroll_losses_of_each_problem():
+    fam = tasks.LinearRegressionFamily(dim=4, num_data=6)
+    opt = optimizers.momentum(0.3, 0.5)
+    curves = np.asarray(recurrent.loss_curves(opt, fam, jax.random.PRNGKey(2), 3, 7))
+    k_task, k_init = jax.random.split(jax.random.split(jax.random.PRNGKey(2), 3)[1])
+    task = fam.sample(k_task)
+    ref = unroll.unroll(task, opt, unroll.init_state(task, opt, k_init), None, 7).losses
+    assert curves.shape == (3, 7)
+    np.testing.assert_allclose(curves[1], ref, rtol=1e-6)

@@ -12,7 +12,8 @@ hand-built linear system. The tools:
 - :func:`trajectory` / :func:`autonomous`: states driven by a given gradient sequence / by g = 0 (Fig. 5);
 - :func:`fixed_points`: minimise q(h) = 1/2 ||F(h, g*) - h||^2 from many seeds (Adam, then Levenberg-
   Marquardt polishing), keep points with q below a tolerance, de-duplicated; :func:`slow_points` keeps
-  every minimum with its speed q (sec. 3.3, Fig. 6);
+  every minimum with its speed q (sec. 3.3); :func:`s_curve` does it for a range of constant gradients
+  (Fig. 6);
 - :func:`jacobians` and :func:`modes`: linearisation at a point (App. C, eq. 3) and its eigenmodes, each
   a momentum timescale (the eigenvalue beta_j) and a learning rate, the input weight projected on the
   left eigenvector times the readout projected on the right one (eq. 5, aggregated momentum);
@@ -347,31 +348,6 @@ def heavy_ball_optimum(lmin: float, lmax: float) -> tuple[float, float]:
     return float(4.0 / (a + b) ** 2), float(((b - a) / (b + a)) ** 2)
 
 
-def momentum_grid(family: Any, key: Array, num_tasks: int, num_steps: int, lrs: Any, betas: Any) -> np.ndarray:
-    """Mean training loss over ``num_steps`` of heavy-ball momentum for each (lr, beta) on the grid, averaged
-    over ``num_tasks`` problems of ``family`` (the meta-objective of App. D.3); shape (len(lrs), len(betas))."""
-    from .optimizers import momentum
-
-    def one(lr, beta, k):
-        k_task, k_init = jax.random.split(k)
-        loss, x0 = flat_problem(family.sample(k_task), k_init)
-        opt = momentum(lr, beta)
-
-        def body(c, _):
-            x, s = c
-            value, g = jax.value_and_grad(loss)(x)
-            u, s = opt.update(g, s, x)
-            return (x + u, s), value
-
-        return jnp.mean(jax.lax.scan(body, (x0, opt.init(x0)), None, length=num_steps)[1])
-
-    keys = jax.random.split(key, num_tasks)
-    per = jax.vmap(lambda lr, b: jnp.mean(jax.vmap(lambda k: one(lr, b, k))(keys)), in_axes=(None, 0))
-    f = jax.jit(jax.vmap(per, in_axes=(0, None)))
-    out = np.asarray(f(jnp.asarray(lrs, jnp.float32), jnp.asarray(betas, jnp.float32)))
-    return np.where(np.isfinite(out), out, np.inf)
-
-
 def family(task: str, **settings: Any) -> Any:
     """The task family a GRU of notebook 10 was trained on (App. D.1), by name, with the fields notebook 10
     saved in the weights' meta data (``family(name, **meta["family"])``: e.g. the two-moons MLP's width)."""
@@ -420,18 +396,42 @@ def convergence(cell: Cell, readout: Readout, h0: Array, fam: Any, key: Array, n
 
 
 def loss_curves(opt: Optimizer, fam: Any, key: Array, num_tasks: int, num_steps: int) -> Array:
-    """Training loss per step (num_tasks, num_steps) of an optax optimizer on problems of ``fam``."""
+    """Training loss per step, before each update, (num_tasks, num_steps) of an optax optimizer on problems of
+    ``fam`` (:func:`lopt.unroll.unroll` from each problem's initialisation)."""
+    from .unroll import init_state, unroll
 
     def one(k):
         k_task, k_init = jax.random.split(k)
-        loss, x0 = flat_problem(fam.sample(k_task), k_init)
-
-        def body(c, _):
-            x, s = c
-            value, g = jax.value_and_grad(loss)(x)
-            u, s = opt.update(g, s, x)
-            return (x + u, s), value
-
-        return jax.lax.scan(body, (x0, opt.init(x0)), None, length=num_steps)[1]
+        task = fam.sample(k_task)
+        return unroll(task, opt, init_state(task, opt, k_init), None, num_steps).losses
 
     return jax.jit(jax.vmap(one))(jax.random.split(key, num_tasks))
+
+
+class SCurve(NamedTuple):
+    """Approximate fixed points for a range of constant gradients (Fig. 6): inputs g* (G,), the slowest point
+    found for each (G, hidden), its speed (G,) and the effective learning rate there (G,)."""
+
+    gs: np.ndarray
+    points: np.ndarray
+    speeds: np.ndarray
+    eff_lr: np.ndarray
+
+
+def s_curve(cell: Cell, readout: Readout, h0: Array, gs: Any, visited: Any, num_seeds: int, num_steps: int,
+            fp_steps: int = 1000) -> SCurve:
+    """Fixed points of h -> F(h, g*) for every constant gradient g* in ``gs`` (sec. 4.2, Fig. 6), seeded from
+    the state reached by feeding g* for ``num_steps`` steps from ``h0`` and from ``num_seeds`` states evenly
+    picked from ``visited`` (..., hidden; e.g. the states of a run); the slowest point per g* is kept, with its
+    speed and effective learning rate."""
+    gs = np.asarray(gs, np.float64)
+    reached = jax.jit(jax.vmap(lambda g: trajectory(cell, h0, jnp.full((int(num_steps),), g, h0.dtype))[-1]))(
+        jnp.asarray(gs, h0.dtype))
+    flat = np.asarray(visited).reshape(-1, h0.shape[-1])
+    picked = flat[:: max(1, flat.shape[0] // int(num_seeds))][: int(num_seeds)]
+    seeds = np.concatenate([np.asarray(reached)[:, None], np.broadcast_to(picked, (len(gs), *picked.shape))], axis=1)
+    sps = slow_points_many(cell, gs, jnp.asarray(seeds, h0.dtype), num_steps=fp_steps)
+    points = np.stack([sp.points[0] for sp in sps])
+    speeds = np.array([sp.speeds[0] for sp in sps])
+    eff = np.asarray(effective_learning_rate(cell, readout, jnp.asarray(points, h0.dtype)))
+    return SCurve(gs, points, speeds, eff)

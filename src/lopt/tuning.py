@@ -156,10 +156,14 @@ class Selection(NamedTuple):
     """Meta-training paused to score theta (:func:`train_and_select`)."""
 
     result: Any  # the full run's lopt.outer.OuterResult
-    best: Any  # the theta with the lowest score
     scores: np.ndarray  # one score per pause (inf where not finite)
     steps: np.ndarray  # the outer step of each pause
     thetas: list  # the theta at each pause
+
+    @property
+    def best(self) -> Any:
+        """The theta with the lowest score."""
+        return self.thetas[int(np.argmin(self.scores))]
 
     @property
     def best_step(self) -> int:
@@ -198,7 +202,7 @@ def train_and_select(
             if stop == int(num_steps):
                 break
     scores = np.asarray(scores)
-    return Selection(result, thetas[int(np.argmin(scores))], scores, np.asarray(steps), thetas)
+    return Selection(result, scores, np.asarray(steps), thetas)
 
 
 def evaluate(
