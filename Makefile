@@ -7,11 +7,13 @@ STAMP := $(VENV)/.installed
 SMOKE_DIR := $(CURDIR)/.smoke
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test install data lab
+.PHONY: repro test install data lab check-params seeds
 
 # MPLBACKEND is unset so that papermill's kernels keep their inline backend: the executed
 # notebooks then carry their figures (GitHub shows them); tests run headless with Agg.
-repro: install data
+# params.yaml is validated first: DVC removes a stage's outputs before running it, so a bad value must
+# fail here, before any committed figure is touched.
+repro: install data check-params
 	env -u MPLBACKEND dvc repro $(if $(FORCE),--force)
 	@echo "done: figures/ and notebooks/executed/ are up to date; see the numbers with .venv/bin/dvc metrics show"
 
@@ -21,6 +23,14 @@ test: install data
 		python -m pytest -q --durations=15 tests --nbval-lax notebooks/[0-9]*.ipynb
 
 install: $(STAMP)
+
+check-params: install
+	python -m lopt.config params.yaml
+
+# The claims at seeds 1 and 2 (benchmarks/results/claims_across_seeds.json; about 2x the repro time), then
+# the pipeline again so that each notebook names the claims that differ between seeds (fragile).
+seeds: install data check-params
+	python benchmarks/claims_across_seeds.py $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

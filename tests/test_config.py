@@ -20,9 +20,8 @@ def params_file(tmp_path: Path) -> Path:
         "num_thetas": 64,
         "steps": [10, 100],
         "lr_sweep": {"momentum": 0.9, "lr_min": 0.0005, "lr_max": 0.02},
-        "seed": 1,
     }
-    doc = {"profile": "cpu", "nbA": {p: dict(block) for p in config.PROFILES}, "nbB": {p: {"n": 2} for p in config.PROFILES}}
+    doc = {"profile": "cpu", "seed": 1, "nbA": {p: dict(block) for p in config.PROFILES}, "nbB": {p: {"n": 2} for p in config.PROFILES}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -127,8 +126,68 @@ def test_nan_rejected(params_file):
 
 
 def test_seed_zero_allowed(params_file):
-    cfg = config.load("nbA", "cpu", overrides={"seed": 0}, path=params_file)
+    cfg = config.load("nbA", "cpu", seed=0, path=params_file)
     assert cfg.seed == 0
+
+
+def test_seed_from_argument_environment_or_file(params_file, monkeypatch):
+    monkeypatch.delenv(config.SEED_ENV, raising=False)
+    assert config.load("nbA", "cpu", path=params_file).seed == 1  # the file's top-level seed
+    monkeypatch.setenv(config.SEED_ENV, "2")
+    assert config.load("nbA", "cpu", path=params_file).seed == 2
+    assert config.load("nbA", "cpu", seed=3, path=params_file).seed == 3  # papermill's parameter wins
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "x", True])
+def test_bad_seed_rejected(params_file, bad):
+    with pytest.raises(config.ConfigError, match="seed"):
+        config.load("nbA", "cpu", seed=bad, path=params_file)
+
+
+def test_per_section_seed_rejected(params_file):
+    doc = yaml.safe_load(params_file.read_text())
+    doc["nbA"]["cpu"]["seed"] = 0
+    params_file.write_text(yaml.safe_dump(doc))
+    with pytest.raises(config.ConfigError, match="top-level"):
+        config.load("nbA", "cpu", path=params_file)
+
+
+def _edit(path: Path, fn) -> Path:
+    doc = yaml.safe_load(path.read_text())
+    fn(doc)
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda d: d.update(profile="gpux"), ["gpux", "smoke, cpu, gpu"]),
+        (lambda d: d.pop("profile"), ["profile"]),
+        (lambda d: d.update(seed=-2), ["seed"]),
+        (lambda d: d["nbA"].pop("gpu"), ["nbA", "gpu"]),
+        (lambda d: d["nbA"]["gpu"].pop("num_thetas"), ["nbA", "num_thetas"]),
+        (lambda d: d["nbB"]["smoke"].update(n=0), ["nbB.n", ">= 1"]),
+        (lambda d: d.update(verbose=True), ["verbose"]),
+    ],
+)
+def test_check_file_rejects_bad_files(params_file, edit, words):
+    with pytest.raises(config.ConfigError) as exc:
+        config.check_file(_edit(params_file, edit))
+    for w in words:
+        assert w in str(exc.value)
+
+
+def test_check_file_real_params_and_cli(capsys):
+    assert set(config.required_sections()) <= set(config.check_file(PARAMS))
+    assert config.main([str(PARAMS)]) == 0
+
+
+def test_cli_reports_error_without_traceback(params_file, capsys):
+    _edit(params_file, lambda d: d.update(profile="gpux"))
+    assert config.main([str(params_file)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was run" in err and "gpux" in err
 
 
 def test_config_error_is_value_error():

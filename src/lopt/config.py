@@ -3,8 +3,13 @@
 ``params.yaml`` holds ``profile: cpu`` and one section per notebook (``nb01``, ``nb09``, ...), each
 with a block per profile (``smoke``, ``cpu``, ``gpu``).  A notebook asks for its section::
 
-    cfg = config.load("nb01", profile)      # profile from papermill or $LOPT_PROFILE
-    cfg.num_steps                           # attribute access to the profile's values
+    cfg = config.load("nb01", profile, seed)  # profile and seed from papermill (or $LOPT_PROFILE, $LOPT_SEED)
+    cfg.num_steps                             # attribute access to the profile's values
+
+The seed is one top-level ``seed: 0`` shared by every notebook (``dvc exp run -S seed=1`` reruns the
+pipeline at another seed; ``benchmarks/claims_across_seeds.py`` runs several).  ``python -m lopt.config``
+validates the whole file (every section at every profile) before ``make repro`` lets DVC touch any
+output, so a bad value never deletes committed figures.
 
 Outputs (figures, metrics, learned weights) go below :func:`output_dir`, the repository root
 unless ``$LOPT_OUTPUT_DIR`` says otherwise (the test suite sends smoke-profile outputs elsewhere
@@ -16,13 +21,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
 PROFILES = ("smoke", "cpu", "gpu")
 DEFAULT_PROFILE = "cpu"
 PROFILE_ENV = "LOPT_PROFILE"
+SEED_ENV = "LOPT_SEED"
 OUTPUT_ENV = "LOPT_OUTPUT_DIR"
 
 # Integers must be >= 1 (step counts, sizes, sample counts) except for these names.
@@ -74,6 +80,20 @@ def resolve_profile(profile: str | None = None) -> str:
     return name
 
 
+def resolve_seed(seed: int | str | None = None, path: str | Path | None = None) -> int:
+    """The seed to use: the argument, else ``$LOPT_SEED``, else ``params.yaml``'s top-level ``seed``."""
+    source = "argument"
+    if seed is None:
+        seed, source = os.environ.get(SEED_ENV), SEED_ENV
+    if seed is None:
+        seed, source = read_params(path).get("seed", 0), "params.yaml: seed"
+    if isinstance(seed, str) and seed.strip().lstrip("-").isdigit():
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed = {seed!r} (from {source}): must be an integer >= 0, e.g. seed: 0")
+    return seed
+
+
 def read_params(path: str | Path | None = None) -> dict:
     """The raw contents of ``params.yaml``."""
     path = Path(path) if path else repo_root() / "params.yaml"
@@ -116,10 +136,12 @@ def validate(section: str, values: Mapping[str, Any]) -> None:
 def load(
     section: str,
     profile: str | None = None,
+    seed: int | str | None = None,
     overrides: Mapping[str, Any] | None = None,
     path: str | Path | None = None,
 ) -> Params:
-    """One notebook's settings for a profile, with optional overrides, validated.
+    """One notebook's settings for a profile, with optional overrides, validated; ``cfg.seed`` is
+    :func:`resolve_seed` (the notebooks' ``seed`` parameter).
 
     Raises :class:`ConfigError` naming the key and the allowed values for an unknown profile,
     an unknown section, an override of a key the section does not have, or a bad value.
@@ -144,8 +166,89 @@ def load(
             )
         values[key] = value
     validate(section, values)
+    if "seed" in values:
+        raise ConfigError(
+            f"{section}.{profile}.seed: the seed is one top-level key of params.yaml (seed: 0), "
+            "not a per-notebook value; remove it from the section"
+        )
     values["profile"] = profile
+    values["seed"] = resolve_seed(seed, path)
     return values
+
+
+def _keys(tree: Any, prefix: str = "") -> set[str]:
+    if not isinstance(tree, dict):
+        return {prefix}
+    return set().union(*(_keys(v, f"{prefix}.{k}" if prefix else str(k)) for k, v in tree.items())) or {prefix}
+
+
+def check_file(path: str | Path | None = None) -> list[str]:
+    """Validate the whole ``params.yaml``: the active profile, the seed, every notebook section at
+    every profile (same keys in each), every value.  Returns the sections; raises :class:`ConfigError`.
+    Cheap: ``make repro`` runs it before ``dvc repro`` removes any stage's outputs."""
+    params = read_params(path)
+    where = f" in {path or 'params.yaml'}"
+    if "profile" not in params:
+        raise ConfigError(f"no top-level 'profile'{where}; add e.g. profile: cpu (allowed: {', '.join(PROFILES)})")
+    if params["profile"] not in PROFILES:
+        raise ConfigError(
+            f"profile = {params['profile']!r}{where}: allowed values: {', '.join(PROFILES)}"
+        )
+    resolve_seed(params.get("seed", 0) if "seed" in params else None, path)
+    unknown = [k for k, v in params.items() if k not in ("profile", "seed") and not isinstance(v, dict)]
+    if unknown:
+        raise ConfigError(f"unknown top-level keys {unknown}{where}: only profile, seed and notebook sections nbNN")
+    sections = [k for k, v in params.items() if isinstance(v, dict)]
+    for section in sections:
+        block = params[section]
+        missing = [p for p in PROFILES if p not in block]
+        if missing:
+            raise ConfigError(f"section {section!r} has no profile {missing}{where}: each needs {', '.join(PROFILES)}")
+        extra = [p for p in block if p not in PROFILES]
+        if extra:
+            raise ConfigError(f"section {section!r}: unknown profiles {extra}{where}; allowed: {', '.join(PROFILES)}")
+        keys = {p: _keys(block[p] or {}) for p in PROFILES}
+        for p in PROFILES:
+            diff = keys["cpu"] ^ keys[p]
+            if diff:
+                raise ConfigError(
+                    f"section {section!r}: profiles 'cpu' and {p!r} differ in keys {sorted(diff)}{where}; "
+                    "every profile needs the same keys"
+                )
+        for p in PROFILES:
+            load(section, p, seed=0, path=path)
+    return sections
+
+
+def required_sections(dvc_yaml: str | Path | None = None) -> list[str]:
+    """The params.yaml sections that ``dvc.yaml``'s stages read (``params:`` entries other than
+    ``profile`` and ``seed``)."""
+    path = Path(dvc_yaml) if dvc_yaml else repo_root() / "dvc.yaml"
+    stages = yaml.safe_load(path.read_text()).get("stages", {})
+    names = {p for st in stages.values() for p in st.get("params", []) if isinstance(p, str)}
+    return sorted(names - {"profile", "seed"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lopt.config [params.yaml]``: validate the file and the sections dvc.yaml needs."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = Path(args[0]) if args else repo_root() / "params.yaml"
+    try:
+        sections = check_file(path)
+        missing = [s for s in required_sections() if s not in sections]
+        if missing:
+            raise ConfigError(f"{path}: sections {missing} are read by dvc.yaml's stages but missing; add them back")
+    except ConfigError as err:
+        print(f"params.yaml is not valid, nothing was run: {err}", file=sys.stderr)
+        return 2
+    print(f"{path.name}: valid ({len(sections)} sections, profile {read_params(path)['profile']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 
 
 def strict(profile: str) -> bool:

@@ -8,6 +8,10 @@ Every notebook writes ``figures/NN_metrics.json`` through :func:`save_metrics`::
 and ends with :func:`assert_claims`, which asserts every claim at the ``cpu`` and ``gpu``
 profiles and only checks that the numbers are finite at ``smoke``.
 
+A claim must hold at every seed (:mod:`lopt.seeds`): one whose value differs between this run and the
+committed runs at other seeds is *fragile* (``FRAGILE = seeds.fragile_claims(...)`` in the notebook), named
+in the JSON's ``fragile``, reported and not asserted as reproduced.
+
 A claim that the notebook could not reproduce at its budget is not dropped, loosened or faked: it
 stays in ``claims`` with its measured truth value, is named in ``not_reproduced`` (both in the JSON
 and in the call to :func:`assert_claims`), and the notebook's markdown reports the numbers and what
@@ -78,17 +82,23 @@ def save_metrics(
     metrics: Mapping[str, Any],
     claims: Mapping[str, bool],
     not_reproduced: Sequence[str] = (),
+    fragile: Sequence[str] = (),
+    seed: int | None = None,
 ) -> Path:
     """Write ``figures/<notebook>_metrics.json`` and return its path. ``not_reproduced`` names the
-    claims known not to reproduce at this profile (module docstring)."""
+    claims known not to reproduce at this profile, ``fragile`` those whose value depends on the seed
+    (module docstring); ``seed`` is the run's seed."""
     _check_not_reproduced(claims, not_reproduced)
+    _check_not_reproduced(claims, fragile)
     record = {
         "notebook": notebook,
         "profile": config.resolve_profile(profile),
+        "seed": seed,
         "seconds": round(float(seconds), 2),
         "metrics": to_builtin(dict(metrics)),
         "claims": {k: bool(v) for k, v in claims.items()},
         "not_reproduced": list(not_reproduced),
+        "fragile": list(fragile),
     }
     path = metrics_path(notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,12 +114,23 @@ def _check_not_reproduced(claims: Mapping[str, bool], not_reproduced: Sequence[s
         raise KeyError(f"not_reproduced names unknown claims {unknown}; claims are: {', '.join(claims)}")
 
 
+def seeds_table() -> str:
+    from .seeds import TABLE
+
+    return TABLE.as_posix()
+
+
 def assert_claims(
-    claims: Mapping[str, bool], metrics: Mapping[str, Any], profile: str, not_reproduced: Sequence[str] = ()
+    claims: Mapping[str, bool],
+    metrics: Mapping[str, Any],
+    profile: str,
+    not_reproduced: Sequence[str] = (),
+    fragile: Sequence[str] = (),
 ) -> None:
-    """Assert every claim (``cpu``/``gpu``) except those in ``not_reproduced``, which are printed with
-    their measured value; at ``smoke`` assert only that the metrics are finite."""
+    """Assert every claim (``cpu``/``gpu``) except those in ``not_reproduced`` and ``fragile``, which are
+    printed with their measured value; at ``smoke`` assert only that the metrics are finite."""
     _check_not_reproduced(claims, not_reproduced)
+    _check_not_reproduced(claims, fragile)
     numbers = _flat_numbers(to_builtin(dict(metrics)))
     if not all(math.isfinite(x) for x in numbers):
         raise AssertionError("non-finite metric values (use None for a number that is undefined)")
@@ -118,5 +139,7 @@ def assert_claims(
         return
     for name in not_reproduced:
         print(f"not reproduced at profile {profile!r} (see the notebook's text): {name} = {bool(claims[name])}")
-    failed = [name for name, ok in claims.items() if not ok and name not in not_reproduced]
+    for name in fragile:
+        print(f"fragile at profile {profile!r} (differs between seeds, {seeds_table()}): {name} = {bool(claims[name])}")
+    failed = [name for name, ok in claims.items() if not ok and name not in not_reproduced and name not in fragile]
     assert not failed, f"claims not reproduced at profile {profile!r}: {', '.join(failed)}"
