@@ -81,9 +81,9 @@ def test_fragile_claims_logic():
     table = {"profile": "cpu", "seeds": [1, 2], "notebooks": {"99": {"runs": {
         "1": {"claims": {"a": True, "b": False, "c": True}}, "2": {"claims": {"a": True, "b": True}}}}}}
     claims = {"a": True, "b": True, "c": True, "d": False}
-    # b differs between seeds; c is missing at seed 2 (that run failed); d was never run elsewhere
-    assert seeds.fragile_claims("99", claims, 0, "cpu", (), table) == ["b", "c"]
-    assert seeds.fragile_claims("99", claims, 0, "cpu", ["b"], table) == ["c"]
+    # b differs between seeds; c is missing at seed 2, d at both (not computed there): no evidence it holds
+    assert seeds.fragile_claims("99", claims, 0, "cpu", (), table) == ["b", "c", "d"]
+    assert seeds.fragile_claims("99", claims, 0, "cpu", ["b", "d"], table) == ["c"]
     assert seeds.fragile_claims("99", claims, 0, "smoke", (), table) == []
     # at seed 1 itself, the table's own run at seed 1 does not count
     assert seeds.fragile_claims("99", {"a": True, "b": False}, 1, "cpu", (), table) == ["b"]
