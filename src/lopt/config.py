@@ -194,7 +194,7 @@ def check_file(path: str | Path | None = None) -> list[str]:
         raise ConfigError(
             f"profile = {params['profile']!r}{where}: allowed values: {', '.join(PROFILES)}"
         )
-    resolve_seed(params.get("seed", 0) if "seed" in params else None, path)
+    resolve_seed(params.get("seed", 0), path)  # the file's own seed, not $LOPT_SEED
     unknown = [k for k, v in params.items() if k not in ("profile", "seed") and not isinstance(v, dict)]
     if unknown:
         raise ConfigError(f"unknown top-level keys {unknown}{where}: only profile, seed and notebook sections nbNN")

@@ -114,12 +114,6 @@ def _check_not_reproduced(claims: Mapping[str, bool], not_reproduced: Sequence[s
         raise KeyError(f"not_reproduced names unknown claims {unknown}; claims are: {', '.join(claims)}")
 
 
-def seeds_table() -> str:
-    from .seeds import TABLE
-
-    return TABLE.as_posix()
-
-
 def assert_claims(
     claims: Mapping[str, bool],
     metrics: Mapping[str, Any],
@@ -140,6 +134,6 @@ def assert_claims(
     for name in not_reproduced:
         print(f"not reproduced at profile {profile!r} (see the notebook's text): {name} = {bool(claims[name])}")
     for name in fragile:
-        print(f"fragile at profile {profile!r} (differs between seeds, {seeds_table()}): {name} = {bool(claims[name])}")
+        print(f"fragile at profile {profile!r} (differs between seeds, benchmarks/results/claims_across_seeds.json): {name} = {bool(claims[name])}")
     failed = [name for name, ok in claims.items() if not ok and name not in not_reproduced and name not in fragile]
     assert not failed, f"claims not reproduced at profile {profile!r}: {', '.join(failed)}"
