@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SMOKE_DIR := $(CURDIR)/.smoke
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test install data lab check-params seeds
+.PHONY: repro test install data lab check-params seeds readme
 
 # MPLBACKEND is unset so that papermill's kernels keep their inline backend: the executed
 # notebooks then carry their figures (GitHub shows them); tests run headless with Agg.
@@ -15,6 +15,7 @@ export PATH := $(BIN):$(PATH)
 # fail here, before any committed figure is touched.
 repro: install data check-params
 	env -u MPLBACKEND dvc repro $(if $(FORCE),--force)
+	python -m lopt.readme
 	@echo "done: figures/ and notebooks/executed/ are up to date; see the numbers with .venv/bin/dvc metrics show"
 
 test: install data
@@ -46,6 +47,10 @@ data: install
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	fi
 	@test -f data/fashion_mnist.npz || python -m lopt.data prepare
+
+# README.md's notebook and seeds tables, from figures/*_metrics.json and the seeds table.
+readme: install
+	python -m lopt.readme
 
 lab: install
 	jupyter lab notebooks/
