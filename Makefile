@@ -28,7 +28,7 @@ install: $(STAMP)
 check-params: install
 	python -m lopt.config params.yaml
 
-# The claims at seeds 1 and 2 (benchmarks/results/claims_across_seeds.json; about 2x the repro time), then
+# The claims at seeds 1 and 2 (benchmarks/results/seeds/NN.json; about 2x the repro time), then
 # the pipeline again so that each notebook names the claims that differ between seeds (fragile).
 seeds: install data check-params
 	python benchmarks/claims_across_seeds.py $(if $(NOTEBOOKS),--notebooks $(NOTEBOOKS))

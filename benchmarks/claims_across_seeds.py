@@ -4,8 +4,9 @@ Each seed runs every notebook with papermill (``-p profile P -p seed N``) into i
 (``.seeds/seedN``, via ``LOPT_OUTPUT_DIR``): notebook 10 first, whose GRU weights notebooks 11-14 of the same
 seed then read.  A notebook whose claims fail still writes its metrics before its last cell, so its claims are
 recorded; a notebook that fails earlier is recorded as an error.  The table, with a fingerprint of each
-notebook's inputs (so that a test can tell it is stale), goes to ``benchmarks/results/claims_across_seeds.json``;
-the notebooks read it to name their fragile claims, so rerun the pipeline (``make repro``) afterwards.
+notebook's inputs (so that a test can tell it is stale), goes to ``benchmarks/results/seeds/NN.json``, one file
+per notebook; each notebook reads its own to name its fragile claims, so rerun the pipeline (``make repro``)
+afterwards: only the stages whose entry changed rerun.
 
     .venv/bin/python benchmarks/claims_across_seeds.py                     # seeds 1 2 at cpu, 2 seeds in parallel
     .venv/bin/python benchmarks/claims_across_seeds.py --notebooks 11 13   # only these (the rest of the table kept)
@@ -83,7 +84,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2, help="seeds run in parallel")
     ap.add_argument("--out", type=Path, default=ROOT / ".seeds")
     ap.add_argument("--collect", action="store_true", help="only rebuild the table from --out")
-    ap.add_argument("--table", type=Path, default=ROOT / seeds.TABLE)
+    ap.add_argument("--table", type=Path, default=ROOT / seeds.TABLE, help="folder of the per-notebook files")
     args = ap.parse_args()
 
     all_nbs = list(seeds.stages(ROOT))
@@ -111,15 +112,10 @@ def main() -> int:
             print(f"inputs of notebooks {changed} changed during the run: not recording them", file=sys.stderr)
             notebooks = [nb for nb in notebooks if nb not in changed]
 
-    table = seeds.read_table(args.table)
-    if table.get("profile") != args.profile or sorted(table.get("seeds", [])) != sorted(args.seeds):
-        table = {"profile": args.profile, "seeds": sorted(args.seeds), "notebooks": {}}
     for nb in notebooks:
-        table["notebooks"][nb] = {"fingerprint": prints[nb],
-                                  "runs": {str(s): runs[s][nb] for s in args.seeds if runs[s][nb] is not None}}
-    table["notebooks"] = dict(sorted(table["notebooks"].items()))
-    args.table.parent.mkdir(parents=True, exist_ok=True)
-    args.table.write_text(json.dumps(table, indent=1) + "\n")
+        seeds.write_entry(nb, args.profile, args.seeds, prints[nb],
+                          {str(s): runs[s][nb] for s in args.seeds if runs[s][nb] is not None}, args.table)
+    table = seeds.read_table(args.table)
 
     seed0 = {}
     for nb in table["notebooks"]:
@@ -127,7 +123,7 @@ def main() -> int:
         if path.is_file() and json.loads(path.read_text())["profile"] == args.profile:
             seed0[nb] = json.loads(path.read_text())["claims"]
     print(seeds.render(table, seed0))
-    print(f"wrote {args.table}; rerun the pipeline (make repro) so that the notebooks name their fragile claims")
+    print(f"wrote {args.table}/NN.json for notebooks {' '.join(notebooks)}; rerun the pipeline (make repro) so that the notebooks name their fragile claims")
     return 0
 
 

@@ -53,7 +53,7 @@ def test_every_stage_has_committed_metrics_at_the_default_profile():
 
 def test_seeds_table_is_current():
     table = seeds.read_table()
-    assert table.get("profile") == config.read_params()["profile"], "benchmarks/results/claims_across_seeds.json missing"
+    assert table.get("profile") == config.read_params()["profile"], "benchmarks/results/seeds/ missing"
     assert sorted({0, *table["seeds"]}) == list(seeds.SEEDS)
     stale = seeds.stale_notebooks(table, ROOT)
     assert not stale, (
@@ -111,3 +111,22 @@ def test_fingerprint_tracks_inputs(tmp_path):
     doc["nb09"]["cpu"]["history_steps"] += 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
     assert seeds.fingerprint("09", "cpu", tmp_path) != before
+
+
+def test_each_stage_reads_only_its_own_seeds_entry():
+    """A seeds run of one notebook reruns that notebook's stage only."""
+    for nb, stage in seeds.stages(ROOT).items():
+        entries = [d for d in stage["deps"] if d.startswith(seeds.TABLE.as_posix())]
+        assert entries == [f"{seeds.TABLE.as_posix()}/{nb}.json"], f"{stage['name']}: seeds entries {entries}"
+
+
+def test_table_entries_round_trip(tmp_path):
+    runs = {"1": {"claims": {"a": True}, "seconds": 1.0, "error": None}}
+    seeds.write_entry("07", "cpu", [2, 1], "f7", runs, tmp_path)
+    seeds.write_entry("08", "cpu", [1, 2], "f8", runs, tmp_path)
+    seeds.write_entry("09", "smoke", [1, 2], "f9", runs, tmp_path)  # another profile: not evidence at cpu
+    table = seeds.read_table(tmp_path)
+    assert table["profile"] == "cpu" and table["seeds"] == [1, 2]
+    assert set(table["notebooks"]) == {"07", "08"} and table["notebooks"]["07"] == {"fingerprint": "f7", "runs": runs}
+    assert list(seeds.read_table(tmp_path, ["08"])["notebooks"]) == ["08"]
+    assert seeds.read_table(tmp_path / "none")["notebooks"] == {}

@@ -134,6 +134,6 @@ def assert_claims(
     for name in not_reproduced:
         print(f"not reproduced at profile {profile!r} (see the notebook's text): {name} = {bool(claims[name])}")
     for name in fragile:
-        print(f"fragile at profile {profile!r} (differs between seeds, benchmarks/results/claims_across_seeds.json): {name} = {bool(claims[name])}")
+        print(f"fragile at profile {profile!r} (differs between seeds, benchmarks/results/seeds/NN.json): {name} = {bool(claims[name])}")
     failed = [name for name, ok in claims.items() if not ok and name not in not_reproduced and name not in fragile]
     assert not failed, f"claims not reproduced at profile {profile!r}: {', '.join(failed)}"

@@ -2,15 +2,17 @@
 
 A claim asserted at ``cpu`` must hold at seeds 0, 1 and 2 (floating-point summation order differs between
 machines and meta-training amplifies it, so one seed is not evidence).  ``benchmarks/claims_across_seeds.py``
-runs the notebooks at the other seeds (papermill, ``LOPT_OUTPUT_DIR``) and writes :data:`TABLE`::
+runs the notebooks at the other seeds (papermill, ``LOPT_OUTPUT_DIR``) and writes one file per notebook
+under :data:`TABLE` (``benchmarks/results/seeds/NN.json``, so that a stage depends on its own entry only)::
 
-    {"profile": "cpu", "seeds": [1, 2],
-     "notebooks": {"11": {"fingerprint": "...", "runs": {"1": {"claims": {...}, "seconds": 61.0}, ...}}}}
+    {"profile": "cpu", "seeds": [1, 2], "fingerprint": "...",
+     "runs": {"1": {"claims": {...}, "seconds": 61.0}, "2": {...}}}
 
-Each notebook's entry carries a :func:`fingerprint` of what its DVC stage reads (notebook, library modules,
-data, its ``params.yaml`` block; not the GRU weights, which each seed trains itself), so a test can tell
-when the table is stale.  A notebook calls :func:`fragile_claims` with the claims it just computed: a claim
-is fragile when its value at this seed and at the table's other seeds is not the same everywhere.  Fragile
+:func:`read_table` assembles them as ``{"profile", "seeds", "notebooks": {"11": {...}, ...}}``.  Each entry
+carries a :func:`fingerprint` of what computes the notebook's claims (notebook, library modules, data, its
+``params.yaml`` block; not the GRU weights, which each seed trains itself, nor the modules that only record,
+plot or compare claims), so a test can tell when the table is stale.  A notebook calls :func:`fragile_claims`
+with the claims it just computed (it reads the notebook's own file only): a claim is fragile when its value at this seed and at the table's other seeds is not the same everywhere.  Fragile
 claims are reported (metrics JSON ``fragile``), not asserted as reproduced (:func:`lopt.report.assert_claims`).
 """
 
@@ -25,14 +27,18 @@ import yaml
 
 from . import config
 
-TABLE = Path("benchmarks") / "results" / "claims_across_seeds.json"
+TABLE = Path("benchmarks") / "results" / "seeds"
 SEEDS = (0, 1, 2)
-# Inputs a seed run produces itself (notebook 10's GRU weights), left out of the fingerprint.
-_OWN_INPUTS = ("data/learned/",)
+# Left out of the fingerprint: inputs a seed run produces itself (notebook 10's GRU weights), the table itself,
+# and modules that record, plot or compare the claims without computing them.
+_NOT_FINGERPRINTED = ("data/learned/", TABLE.as_posix() + "/", "src/lopt/seeds.py", "src/lopt/report.py",
+                      "src/lopt/plotting.py")
 
 
-def table_path() -> Path:
-    return config.repo_root() / TABLE
+def table_path(notebook: str | None = None, root: Path | None = None) -> Path:
+    """The table's folder, or one notebook's file in it."""
+    folder = (root or config.repo_root()) / TABLE
+    return folder / f"{notebook}.json" if notebook else folder
 
 
 def stages(root: Path | None = None) -> dict[str, dict]:
@@ -52,7 +58,7 @@ def fingerprint(notebook: str, profile: str = "cpu", root: Path | None = None) -
     stage = stages(root)[notebook]
     h = hashlib.sha256(stage["cmd"].encode())
     for dep in sorted(stage.get("deps", [])):
-        if dep == TABLE.as_posix() or dep.startswith(_OWN_INPUTS):
+        if dep.startswith(_NOT_FINGERPRINTED):
             continue
         path = root / dep
         h.update(dep.encode() + b"\0" + (hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"missing"))
@@ -65,12 +71,29 @@ def fingerprint(notebook: str, profile: str = "cpu", root: Path | None = None) -
     return h.hexdigest()
 
 
-def read_table(path: Path | None = None) -> dict[str, Any]:
-    """The committed table (empty when it does not exist yet)."""
-    path = path or table_path()
-    if not path.is_file():
-        return {"profile": None, "seeds": [], "notebooks": {}}
-    return json.loads(path.read_text())
+def read_table(folder: Path | None = None, notebooks: Sequence[str] | None = None) -> dict[str, Any]:
+    """The committed table, assembled from its per-notebook files (all, or ``notebooks``; empty when there are
+    none).  Entries made at another profile or other seeds than the first file's are left out."""
+    folder = folder or table_path()
+    table: dict[str, Any] = {"profile": None, "seeds": [], "notebooks": {}}
+    paths = sorted(folder.glob("[0-9][0-9].json")) if notebooks is None else [folder / f"{nb}.json" for nb in notebooks]
+    for path in (p for p in paths if p.is_file()):
+        entry = json.loads(path.read_text())
+        if table["profile"] is None:
+            table["profile"], table["seeds"] = entry.get("profile"), sorted(entry.get("seeds", []))
+        if entry.get("profile") == table["profile"] and sorted(entry.get("seeds", [])) == table["seeds"]:
+            table["notebooks"][path.stem] = {k: entry[k] for k in ("fingerprint", "runs") if k in entry}
+    return table
+
+
+def write_entry(notebook: str, profile: str, seeds_: Sequence[int], fingerprint_: str, runs: Mapping[str, Any],
+                folder: Path | None = None) -> Path:
+    """Write one notebook's entry of the table (``benchmarks/results/seeds/NN.json``)."""
+    path = (folder or table_path()) / f"{notebook}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"profile": profile, "seeds": sorted(int(s) for s in seeds_), "fingerprint": fingerprint_, "runs": dict(runs)}
+    path.write_text(json.dumps(entry, indent=1) + "\n")
+    return path
 
 
 def outcomes(notebook: str, claim: str, table: Mapping[str, Any]) -> dict[int, bool | None]:
@@ -89,7 +112,7 @@ def fragile_claims(
 ) -> list[str]:
     """Claims (not already named not reproduced) whose value at this seed and at the table's other seeds
     differ, or that the run of another seed could not compute.  Empty at a profile the table was not made at."""
-    table = read_table() if table is None else table
+    table = read_table(notebooks=[notebook]) if table is None else table
     if table.get("profile") != profile:
         return []
     out = []
