@@ -95,3 +95,18 @@ def test_sweep_summary_on_a_step():
     assert s["max_abs_grad_near_jumps"] == 7.0 and s["max_abs_grad_elsewhere"] == 0.0
     assert s["frac_abs_grad_below_1e-3"] == 10 / 11
     assert np.isclose(s["grad_explained_fraction"], 0.5 * 7.0 * 0.1 / 3.0)
+
+
+def test_near_jumps_window():
+    v = np.zeros(20)
+    v[10:] = 5.0  # one jump between points 9 and 10
+    assert np.flatnonzero(landscape.near_jumps(v, 1.0, window=2)).tolist() == [7, 8, 9, 10, 11, 12]
+
+
+def test_refine_jump_tells_a_step_from_a_steep_slope():
+    step = lambda t: (np.where(t > 0.3, 1.0, 0.0), np.zeros_like(t))  # a true discontinuity at 0.3
+    r = landscape.refine_jump(step, 0.0, 1.0, levels=3, points=11)
+    assert r["jump"] == 1.0 and r["width"] == pytest.approx(1e-3) and r["max_abs_grad"] == 0.0
+    slope = lambda t: (np.tanh((t - 0.3) / 1e-2), 1e2 / np.cosh((t - 0.3) / 1e-2) ** 2)  # steep but smooth
+    r = landscape.refine_jump(slope, 0.0, 1.0, levels=3, points=11)
+    assert r["jump"] < 0.2 and r["max_abs_grad"] > 50

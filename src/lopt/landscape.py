@@ -10,6 +10,7 @@ directions in outer-parameter space.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,13 +44,31 @@ def high_frequency_energy(values: np.ndarray, cutoff: float = 0.25) -> np.ndarra
     return power[..., k0:].sum(axis=-1) / np.maximum(power.sum(axis=-1), 1e-300)
 
 
-def near_jumps(values: np.ndarray, threshold: float) -> np.ndarray:
-    """Mask of grid points that are one end of a jump larger than ``threshold`` (1D)."""
-    big = jumps(values) > threshold
-    mask = np.zeros(np.shape(values)[-1], bool)
-    mask[:-1] |= big
-    mask[1:] |= big
+def near_jumps(values: np.ndarray, threshold: float, window: int = 0) -> np.ndarray:
+    """Mask of grid points within ``window`` points of either end of a jump larger than ``threshold`` (1D)."""
+    big = np.flatnonzero(jumps(values) > threshold)
+    n = np.shape(values)[-1]
+    mask = np.zeros(n, bool)
+    for k in big:
+        mask[max(0, k - window): min(n, k + 2 + window)] = True
     return mask
+
+
+def refine_jump(
+    f: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], lo: float, hi: float, levels: int = 3, points: int = 201
+) -> dict[str, float]:
+    """Zoom into a jump of L between ``lo`` and ``hi``: ``levels`` times, evaluate ``f(thetas) -> (L, dL/dtheta)``
+    on ``points`` points and keep the neighbouring pair with the largest jump.  A jump that keeps its size at an
+    interval of width ~(hi - lo) / points**levels is a near-discontinuity; one that shrinks was a steep but
+    resolved slope.  Returns the last interval's width and jump and the largest |dL/dtheta| met on the way."""
+    peak = 0.0
+    for _ in range(levels):
+        grid = np.linspace(lo, hi, points)
+        loss, grad = (np.asarray(a, np.float64) for a in f(grid))
+        peak = max(peak, float(np.abs(grad).max()))
+        i = int(np.argmax(jumps(loss)))
+        lo, hi, jump = float(grid[i]), float(grid[i + 1]), float(jumps(loss)[i])
+    return {"width": hi - lo, "jump": jump, "max_abs_grad": peak}
 
 
 def gradient_explained_fraction(
@@ -70,12 +89,14 @@ def gradient_explained_fraction(
     return float(np.abs(integral[big]).sum() / jumps(v)[big].sum())
 
 
-def sweep_summary(thetas: np.ndarray, values: np.ndarray, grads: np.ndarray, threshold: float) -> dict:
+def sweep_summary(
+    thetas: np.ndarray, values: np.ndarray, grads: np.ndarray, threshold: float, window: int = 0
+) -> dict:
     """The numbers notebook 01 reports for one outer-loss sweep L(theta) with gradients dL/dtheta:
-    largest jump, jumps above ``threshold``, gradient magnitudes next to them and elsewhere, the
-    share of near-zero gradients, and :func:`gradient_explained_fraction`."""
+    largest jump, jumps above ``threshold``, gradient magnitudes within ``window`` grid points of them
+    and elsewhere, the share of near-zero gradients, and :func:`gradient_explained_fraction`."""
     L, g = np.asarray(values, np.float64), np.abs(np.asarray(grads, np.float64))
-    near = near_jumps(L, threshold)
+    near = near_jumps(L, threshold, window)
     return {
         "max_jump": float(max_jump(L)),
         "n_jumps": int(count_jumps(L, threshold)),
@@ -83,6 +104,7 @@ def sweep_summary(thetas: np.ndarray, values: np.ndarray, grads: np.ndarray, thr
         "max_abs_grad": float(g.max()),
         "max_abs_grad_near_jumps": float(g[near].max(initial=0.0)),  # 0 when there is no jump
         "max_abs_grad_elsewhere": float(g[~near].max(initial=0.0)),
+        "median_abs_grad_elsewhere": float(np.median(g[~near])) if (~near).any() else None,
         "frac_abs_grad_below_1e-3": float(np.mean(g < 1e-3)),
         "grad_explained_fraction": gradient_explained_fraction(thetas, L, grads, threshold),
     }
