@@ -204,3 +204,24 @@ def test_loss_curves_are_the_unroll_losses_of_each_problem():
     ref = unroll.unroll(task, opt, unroll.init_state(task, opt, k_init), None, 7).losses
     assert curves.shape == (3, 7)
     np.testing.assert_allclose(curves[1], ref, rtol=1e-6)
+
+
+def test_along_direction_tells_a_momentum_like_offset_from_a_slope_change():
+    # state h = (velocity v, gain k); update at gradient g: -(v + (0.1 + k) g). Along v a pure offset (momentum's
+    # velocity, Fig. 2c); along k a change of slope only.
+    cell = lambda h, g: jnp.stack([h[0] + (0.1 + h[1]) * g, h[1]])
+    readout = lambda h: -h[0]
+    shifts, grads = np.linspace(-0.5, 0.5, 5), np.linspace(-1.0, 1.0, 41)
+    v = recurrent.along_direction(cell, readout, jnp.zeros(2), [2.0, 0.0], shifts, grads)  # any length: normalised
+    k = recurrent.along_direction(cell, readout, jnp.array([0.0, 1.0]), [0.0, 1.0], shifts, grads)
+    assert v["monotone"] and v["offset_range"] == pytest.approx(1.0, rel=1e-5) and v["slope_rel_range"] < 1e-6
+    np.testing.assert_allclose(v["eff_lr"], 0.1, rtol=1e-5)
+    assert k["offset_range"] < 1e-6 and k["slope_rel_range"] == pytest.approx(1.0 / 1.1, rel=1e-4)
+    assert v["momentum_likeness"] > 1e3 * k["momentum_likeness"]
+
+
+def test_separation_of_the_slowest_mode():
+    assert recurrent.separation([0.9, 0.6, 0.59, 0.59, 0.58, 0.57]) == pytest.approx(30.0, rel=1e-6)
+    assert recurrent.separation([0.6, 0.59, 0.58, 0.57]) == pytest.approx(1.0, rel=1e-6)
+    # a complex pair (equal magnitudes) counts once
+    assert recurrent.separation([0.9, 0.9, 0.6, 0.6, 0.58]) == pytest.approx(15.0, rel=1e-6)

@@ -137,6 +137,39 @@ def linear_range(cell: Cell, readout: Readout, h: Array, gmax: float, num: int =
     return float(bad.min()) if bad.size else float(gmax)
 
 
+def along_direction(cell: Cell, readout: Readout, point: Any, direction: Any, shifts: Any, grads: Any) -> dict:
+    """Update functions at states ``point + s * direction`` (unit direction) for each shift s (sec. 4.1, Fig. 3
+    middle row): ``updates`` (shift, gradient), ``offsets`` (update at g = 0), ``eff_lr`` per shift, and the two
+    numbers that say whether the direction acts like momentum's velocity: ``offset_range`` (ptp of the offsets)
+    and ``slope_rel_range`` (ptp of the effective learning rate over its mean magnitude), ``monotone`` (offsets
+    strictly monotone in s) and ``momentum_likeness`` = offset_range / slope_rel_range (a pure offset: large)."""
+    e = np.asarray(direction, np.float64)
+    e = e / np.linalg.norm(e)
+    states = jnp.asarray(np.asarray(point)[None] + np.asarray(shifts)[:, None] * e[None], jnp.float32)
+    grads = jnp.asarray(grads, jnp.float32)
+    updates = np.stack([np.asarray(update_function(cell, readout, h, grads)) for h in states])
+    offsets = np.stack([float(update_function(cell, readout, h, jnp.zeros((1,)))[0]) for h in states])
+    eff = np.asarray(effective_learning_rate(cell, readout, states))
+    d = np.diff(offsets)
+    out = dict(states=states, grads=np.asarray(grads), updates=updates, offsets=offsets, eff_lr=eff,
+               offset_range=float(np.ptp(offsets)), slope_rel_range=float(np.ptp(eff) / np.mean(np.abs(eff))),
+               monotone=bool(np.all(d > 0) or np.all(d < 0)))
+    out["momentum_likeness"] = out["offset_range"] / max(out["slope_rel_range"], 1e-12)
+    return out
+
+
+def separation(magnitudes: Any, bulk: int = 8, tol: float = 1e-6) -> float:
+    """How far the slowest mode stands out from the bulk (Fig. 7a): the gap between the largest and the next
+    distinct eigenvalue magnitude (a complex pair counts once) over the largest gap among the next ``bulk``
+    distinct magnitudes.  Large: one mode separated; ~1: the slowest mode is just the edge of the bulk."""
+    mags = np.sort(np.asarray(magnitudes, np.float64))[::-1]
+    distinct = mags[np.concatenate([[True], np.diff(mags) < -tol])]
+    gaps = -np.diff(distinct[: bulk + 2])
+    if len(gaps) < 2:
+        return float("inf")
+    return float(gaps[0] / max(gaps[1:].max(), tol))
+
+
 # --------------------------------------------------------------------------------------------- fixed points
 
 
