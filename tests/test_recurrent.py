@@ -225,3 +225,13 @@ def test_separation_of_the_slowest_mode():
     assert recurrent.separation([0.6, 0.59, 0.58, 0.57]) == pytest.approx(1.0, rel=1e-6)
     # a complex pair (equal magnitudes) counts once
     assert recurrent.separation([0.9, 0.9, 0.6, 0.6, 0.58]) == pytest.approx(15.0, rel=1e-6)
+
+
+def test_s_curve_shape_tells_an_s_from_a_line():
+    gs = np.linspace(-3, 3, 41)
+    s_pts = np.stack([np.tanh(gs), 0.1 * np.tanh(gs) ** 2], 1)  # saturates toward both ends
+    line = np.stack([gs, 0.5 * gs], 1)
+    s, l = recurrent.s_curve_shape(gs, s_pts), recurrent.s_curve_shape(gs, line)
+    assert s["monotone"] and s["pc1_explained"] > 0.99 and s["saturation"] > 10
+    assert l["monotone"] and l["pc1_explained"] > 0.999 and l["saturation"] == pytest.approx(1.0, rel=1e-6)
+    assert not recurrent.s_curve_shape(gs, np.stack([gs ** 2, gs], 1))["monotone"]

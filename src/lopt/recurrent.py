@@ -468,3 +468,20 @@ def s_curve(cell: Cell, readout: Readout, h0: Array, gs: Any, visited: Any, num_
     speeds = np.array([sp.speeds[0] for sp in sps])
     eff = np.asarray(effective_learning_rate(cell, readout, jnp.asarray(points, h0.dtype)))
     return SCurve(gs, points, speeds, eff)
+
+
+def s_curve_shape(gs: Any, points: Any, end_fraction: float = 0.1) -> dict:
+    """Shape of the fixed points along constant gradients ``gs`` (sorted; Fig. 6 top): ``pc1_explained`` (a
+    one-dimensional curve: near 1), ``monotone`` (the first principal coordinate is monotone in g*) and
+    ``saturation``: its slope d(PC 1)/dg* at g* = 0 over the mean slope on the outer ``end_fraction`` of each end
+    (an S that flattens toward its ends: >> 1; a straight line: ~1)."""
+    gs = np.asarray(gs, np.float64)
+    pc = pca(np.asarray(points, np.float64), 2)
+    p1 = pc.project(np.asarray(points, np.float64))[:, 0]
+    slope = np.abs(np.gradient(p1, gs))
+    n, k = len(gs), max(2, int(round(end_fraction * len(gs))))
+    center = slope[np.argsort(np.abs(gs))[:3]].mean()
+    ends = 0.5 * (slope[:k].mean() + slope[-k:].mean())
+    d = np.diff(p1)
+    return {"pc1_explained": float(pc.explained[0]), "monotone": bool(np.all(d > 0) or np.all(d < 0)),
+            "saturation": float(center / max(ends, 1e-30))}
