@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lopt import tuning
+from lopt import tasks, tuning
 from lopt.tasks import Quadratic, TaskFamily
 
 CURVATURE = 2.0  # gradient descent on 1/2 h |w|^2 converges in one step at lr = 1 / h
@@ -157,3 +157,14 @@ def test_train_and_select_keeps_best_scored_theta_and_matches_plain_training():
     assert sel.first_at_most(float(np.sort(scores)[1])) == int(np.flatnonzero(scores <= np.sort(scores)[1])[0])
     plain = outer.train(est, hp.init(), opt, 7, jax.random.PRNGKey(0), progress=False)
     np.testing.assert_array_equal(np.asarray(res.theta["learning_rate"]), np.asarray(plain.theta["learning_rate"]))
+
+
+def test_loss_floors_bound_the_curves_of_the_same_problems():
+    fam = tasks.LinearRegressionFamily(dim=4, num_data=8)
+    key = jax.random.PRNGKey(3)
+    floors = tuning.loss_floors(fam, 5, key)
+    # long gradient descent on the same problems approaches the floor from above
+    c = tuning.curves(*tuning.baseline("momentum", {"learning_rate": 0.3, "beta": 0.5}), fam, 400, 5, key)
+    assert np.all(c.min(axis=1) >= floors - 1e-4) and np.allclose(c[:, -1], floors, atol=1e-3)
+    assert np.all(floors > 0)  # more data than dimensions: an irreducible loss
+    np.testing.assert_array_equal(tuning.loss_floors(tasks.RosenbrockFamily(), 3, key), np.zeros(3))

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import outer
 from .optimizers import Hyperparameters, LearnedOptimizer
-from .tasks import TaskFamily
+from .tasks import LinearRegressionFamily, TaskFamily
 from .truncation import TruncatedTraining
 
 Array = jax.Array
@@ -150,6 +150,20 @@ def curves(
     problems; the problems depend on ``key`` only, so every optimizer sees the same ones). Shape
     (num_tasks, num_steps); their mean over steps is the meta-objective (:func:`evaluate`)."""
     return np.asarray(curve_fn(learned_opt, family, num_steps, num_tasks)(theta, key), np.float64)
+
+
+def loss_floors(family: TaskFamily, num_tasks: int, key: Array) -> np.ndarray:
+    """A lower bound of the loss of each problem :func:`curves` draws with the same ``key``, that no optimizer
+    defines (the floor of Fig. 1's curves): the exact minimum of a linear regression (least squares), and 0 for
+    the other tasks (Rosenbrock's minimum; a classification loss is nonnegative)."""
+    if not isinstance(family, LinearRegressionFamily):
+        return np.zeros(int(num_tasks))
+
+    def one(run_key: Array) -> Array:  # the problem TruncatedTraining.fresh draws for this run key
+        task = family.sample(jax.random.fold_in(run_key, 0))
+        return task.loss(jnp.linalg.lstsq(task.A, task.b)[0])
+
+    return np.asarray(jax.vmap(one)(jax.random.split(key, int(num_tasks))), np.float64)
 
 
 class Selection(NamedTuple):
