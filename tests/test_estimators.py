@@ -13,16 +13,13 @@ with t counting post-update steps from the start of the inner run.
 
 from __future__ import annotations
 
-import dataclasses
-from statistics import NormalDist
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from lopt import estimators, optimizers, outer, tasks, truncation
+from lopt import estimators, optimizers, outer, tasks, truncation, variance
 
 D = 3
 CENTER = jnp.array([1.0, -2.0, 0.5])
@@ -31,50 +28,18 @@ THETA = jnp.array([0.2, -0.3, 0.1])
 ALPHA = 1e-3  # family-wise significance of each z-test (Bonferroni over coordinates)
 
 
-@tasks.pytree_dataclass
-class NoisyQuadratic(tasks.Task):
-    center: jax.Array
-    w0: jax.Array
-    noise: float = tasks.static(0.5)
-
-    def init(self, key=None):
-        return self.w0
-
-    def loss(self, params, batch=None):
-        return 0.5 * jnp.sum((params - self.center - batch) ** 2)
-
-    def batch(self, key, split="train"):
-        return self.noise * jax.random.normal(key, self.center.shape)
-
-
-@dataclasses.dataclass(frozen=True)
-class Drift(optimizers.LearnedOptimizer):
-    """update = theta, whatever the gradient: the outer-loss is quadratic in theta."""
-
-    def init(self, key=None):
-        return jnp.zeros((D,))
-
-    def opt_fn(self, theta):
-        return optax.GradientTransformation(lambda p: optax.EmptyState(), lambda g, s, p=None: (theta, s))
-
-
+NoisyQuadratic, Drift = variance.NoisyQuadratic, variance.Drift
 FAMILY = tasks.SingleTask(NoisyQuadratic(CENTER, W0))
+z_scores = variance.z_scores
 
 
 def closed_form_grad(theta: jax.Array, steps: range) -> np.ndarray:
     """Gradient of the noise-free mean loss over the post-update steps ``steps``."""
-    ts = np.asarray(list(steps), np.float64)[:, None]
-    return np.mean(ts * (np.asarray(W0) + ts * np.asarray(theta) - np.asarray(CENTER)), axis=0)
-
-
-def z_scores(samples: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    samples = np.asarray(samples, np.float64)
-    se = samples.std(axis=0, ddof=1) / np.sqrt(samples.shape[0])
-    return (samples.mean(axis=0) - expected) / se
+    return variance.drift_gradient(FAMILY.task, theta, steps)
 
 
 def z_threshold(dim: int = D, alpha: float = ALPHA) -> float:
-    return NormalDist().inv_cdf(1 - alpha / (2 * dim))
+    return variance.z_threshold(dim, alpha)
 
 
 @pytest.mark.parametrize("name", ["ES", "Reparameterization", "Merged"])

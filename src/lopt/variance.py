@@ -25,15 +25,18 @@ the state each truncation starts from, sec. 2.4).
 from __future__ import annotations
 
 import dataclasses
+from statistics import NormalDist
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from tqdm.auto import tqdm
 
 from .estimators import (DEFAULT_SIGMA, GradientEstimator, all_finite, inverse_variance_merge, mean_and_variance,
                          tree_normal)
+from . import tasks
 from .optimizers import LearnedOptimizer
 from .tasks import ImageClassifier, TaskFamily
 from .truncation import TruncatedTraining
@@ -203,3 +206,75 @@ def scale_mlp_steps(theta: Mapping[str, Array], factor: float) -> dict[str, Arra
     larger: its direction output (first readout column) scaled, its log learning rate unchanged. A
     stand-in for the more aggressive optimizers that long outer-training produces (Fig. 4)."""
     return {**theta, "w2": theta["w2"].at[:, 0].multiply(factor), "b2": theta["b2"].at[0].multiply(factor)}
+
+
+class Snapshots:
+    """An ``outer.train`` ``track`` that keeps theta every ``every`` outer steps (before that step's update):
+    ``snapshots.thetas[step]``; Fig. 4a's variances can then be measured on long unrolls along outer-training."""
+
+    def __init__(self, every: int) -> None:
+        if int(every) < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every, self.step, self.thetas = int(every), 0, {}
+
+    def __call__(self, theta: Theta, grad: Theta, info: Mapping[str, Any]) -> dict[str, float]:
+        if self.step % self.every == 0:
+            self.thetas[self.step] = jax.tree.map(jnp.array, theta)
+        self.step += 1
+        return {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A problem whose smoothed outer-gradient is known in closed form (the unbiasedness check of Fig. 4's estimators)
+
+@tasks.pytree_dataclass
+class NoisyQuadratic(tasks.Task):
+    """l(w; xi) = 1/2 ||w - center - xi||^2 with a fresh xi ~ N(0, noise^2 I) per minibatch, from ``w0``."""
+
+    center: jax.Array
+    w0: jax.Array
+    noise: float = tasks.static(0.5)
+
+    def init(self, key: Array | None = None) -> Array:
+        return self.w0
+
+    def loss(self, params: Array, batch: Array | None = None) -> Array:
+        return 0.5 * jnp.sum((params - self.center - batch) ** 2)
+
+    def batch(self, key: Array, split: str = "train") -> Array:
+        return self.noise * jax.random.normal(key, self.center.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Drift(LearnedOptimizer):
+    """A learned optimizer whose update is theta itself (w_{t+1} = w_t + theta), whatever the gradient: every
+    outer-loss on :class:`NoisyQuadratic` is then quadratic in theta, so the gradient of the smoothed loss
+    E[L(theta + sigma n)] is that of E_xi L at theta, :func:`drift_gradient`."""
+
+    dim: int = 3
+
+    def init(self, key: Array | None = None) -> Array:
+        return jnp.zeros((self.dim,))
+
+    def opt_fn(self, theta: Array) -> optax.GradientTransformation:
+        return optax.GradientTransformation(lambda p: optax.EmptyState(), lambda g, s, p=None: (theta, s))
+
+
+def drift_gradient(task: NoisyQuadratic, theta: Any, steps: Sequence[int]) -> np.ndarray:
+    """d/dtheta of the noise-free mean loss over the post-update steps ``steps`` of :class:`Drift` on ``task``:
+    mean_t t (w0 + t theta - center)."""
+    ts = np.asarray(list(steps), np.float64)[:, None]
+    w0, c, th = (np.asarray(x, np.float64) for x in (task.w0, task.center, theta))
+    return np.mean(ts * (w0 + ts * th - c), axis=0)
+
+
+def z_scores(samples: Any, expected: Any) -> np.ndarray:
+    """(mean of the samples - expected) / its standard error, per coordinate (samples: leading axis)."""
+    samples = np.asarray(samples, np.float64)
+    se = samples.std(axis=0, ddof=1) / np.sqrt(samples.shape[0])
+    return (samples.mean(axis=0) - np.asarray(expected, np.float64)) / se
+
+
+def z_threshold(num_tests: int, alpha: float = 1e-3) -> float:
+    """Two-sided threshold on |z| for ``num_tests`` tests at family-wise level ``alpha`` (Bonferroni)."""
+    return NormalDist().inv_cdf(1 - alpha / (2 * int(num_tests)))
