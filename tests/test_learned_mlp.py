@@ -64,3 +64,88 @@ def test_update_requires_params():
     p = jnp.zeros(3)
     with pytest.raises(ValueError, match="params"):
         opt.update(p, opt.init(p))
+
+
+def _reference_update(lopt, theta, grads, params, emas, step):
+    """The module docstring's formula, written out directly: per tensor, concatenate the inputs,
+    divide each by its RMS over the tensor, append tanh(t / s - 1), apply the MLP."""
+    decays = jnp.asarray(lopt.decays)
+    new_emas = jax.tree.map(lambda m, g: decays * m + (1.0 - decays) * g[..., None], emas, grads)
+
+    def one(g, p, m):
+        cols = [g.reshape(-1, 1), p.reshape(-1, 1)] + ([m.reshape(-1, len(lopt.decays))] if lopt.use_momentum else [])
+        x = jnp.concatenate(cols, axis=1)
+        x = x / jnp.sqrt(jnp.mean(x**2, axis=0) + 1e-12)
+        if lopt.use_time:
+            t = jnp.tanh(step / jnp.asarray(lopt.time_scales) - 1.0)
+            x = jnp.concatenate([x, jnp.tile(t, (x.shape[0], 1))], axis=1)
+        h = jnp.maximum(x @ theta["w1"] + theta["b1"], 0.0)
+        out = h @ theta["w2"] + theta["b2"]
+        return (lopt.step_mult * out[:, 0] * jnp.exp(lopt.exp_mult * out[:, 1])).reshape(g.shape)
+
+    return jax.tree.map(one, grads, params, new_emas), new_emas
+
+
+_SHAPES = {"w": (6, 5), "b": (5,), "s": (), "k": (3, 3, 2, 4)}
+
+
+def _tree(key, scale=1.0):
+    keys = jax.random.split(key, len(_SHAPES))
+    return {n: scale * jax.random.normal(k, s) for (n, s), k in zip(_SHAPES.items(), keys)}
+
+
+def _theta(lopt, key):
+    # random biases too (init's are zero), and large enough weights that exp_mult matters
+    theta = lopt.init(key)
+    return jax.tree.map(lambda x, k: x + 0.5 * jax.random.normal(k, x.shape), theta,
+                        dict(zip(theta, jax.random.split(jax.random.PRNGKey(7), len(theta)))))
+
+
+@pytest.mark.parametrize("kw", [{}, {"use_momentum": False}, {"use_time": False},
+                                {"use_momentum": False, "use_time": False}, {"exp_mult": 0.5}])
+def test_update_matches_reference_formula(kw):
+    lopt = MLPOptimizer(**kw)
+    theta = _theta(lopt, jax.random.PRNGKey(3))
+    opt = lopt.opt_fn(theta)
+    params = _tree(jax.random.PRNGKey(4))
+    state = opt.init(params)
+    emas = state.emas
+    for i in range(3):
+        grads = _tree(jax.random.PRNGKey(10 + i), scale=10.0 ** (i - 1))
+        updates, state = jax.jit(opt.update)(grads, state, params)
+        ref_updates, emas = _reference_update(lopt, theta, grads, params, emas, float(i))
+        for n in _SHAPES:
+            assert updates[n].shape == _SHAPES[n]
+            scale = float(jnp.max(jnp.abs(ref_updates[n])))  # atol: cancellation in the output layer
+            np.testing.assert_allclose(updates[n], ref_updates[n], rtol=1e-5, atol=1e-6 * scale)
+            np.testing.assert_allclose(state.emas[n], emas[n], rtol=1e-6, atol=1e-12)
+        params = jax.tree.map(lambda p, u: p + 100.0 * u, params, updates)
+    assert int(state.step) == 3
+
+
+@pytest.mark.parametrize("kw", [{}, {"use_momentum": False, "use_time": False}])
+def test_theta_gradient_matches_reference_formula(kw):
+    lopt = MLPOptimizer(step_mult=0.1, **kw)
+
+    def loss(theta, update_fn):
+        params, emas, total = _tree(jax.random.PRNGKey(4)), None, 0.0
+        state = lopt.opt_fn(theta).init(params)
+        emas = state.emas
+        for i in range(3):
+            grads = jax.tree.map(lambda p: 2.0 * p + 0.1 * i, params)  # a quadratic's gradient
+            updates, emas = update_fn(theta, grads, params, emas, float(i))
+            params = jax.tree.map(lambda p, u: p + u, params, updates)
+            total = total + sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
+        return total
+
+    def new(theta, grads, params, emas, step):
+        updates, state = lopt.opt_fn(theta).update(grads, lopt.opt_fn(theta).init(params)._replace(
+            emas=emas, step=jnp.asarray(step, jnp.int32)), params)
+        return updates, state.emas
+
+    ref = lambda theta, *a: _reference_update(lopt, theta, *a)  # noqa: E731
+    theta = _theta(lopt, jax.random.PRNGKey(5))
+    g_new = jax.jit(jax.grad(lambda th: loss(th, new)))(theta)
+    g_ref = jax.grad(lambda th: loss(th, ref))(theta)
+    for n in theta:
+        np.testing.assert_allclose(g_new[n], g_ref[n], rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(g_ref[n]))))

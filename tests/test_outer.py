@@ -125,3 +125,63 @@ def test_probe_and_evaluate():
     per = outer.evaluate(lopt, family, batched, 6, 2, jax.random.PRNGKey(1), batched_theta=True)
     assert per.shape == (2, 2)
     np.testing.assert_allclose(per[0], whole, rtol=1e-6)
+
+
+def _plain_loop(est, theta, opt, num_steps, key):
+    """The outer loop written out: estimate, skip non-finite estimates, restart non-finite runs."""
+    opt_state = opt.init(theta)
+    state = est.init(jax.random.fold_in(key, -1 % 2**31), theta)
+    losses, lengths, skipped = [], [], 0
+    for step in range(num_steps):
+        k = jax.random.fold_in(key, step)
+        grad, new, info = est.estimate(theta, state, k)
+        if bool(estimators.all_finite(grad)):
+            updates, opt_state = opt.update(grad, opt_state, theta)
+            theta, state = optax.apply_updates(theta, updates), new
+        else:
+            skipped += 1
+            state = new if bool(estimators.all_finite(new)) else est.init(jax.random.fold_in(k, 1), theta)
+        losses.append(float(info["loss"]))
+        lengths.append(float(info["length"]))
+    return theta, np.array(losses), np.array(lengths), skipped
+
+
+@pytest.mark.parametrize("name,length", [("ES", 3), ("PES", truncation.curriculum(2, 6, 5)), ("TruncatedBPTT", 4)])
+def test_train_matches_plain_loop(name, length):
+    """The fused, scanned loop of outer.train takes the same steps as estimate + optax update in a
+    Python loop (constant lengths: lax.scan chunks; schedules: one step per call), and a second
+    call with the same estimator and optimizer compiles nothing new."""
+    lopt, family = _problem()
+    est = getattr(estimators, name)(lopt, family, horizon=10, length=length, num_tasks=3)
+    theta0 = lopt.init(None)
+    opt = outer.meta_optimizer(0.05, clip_value=5.0)
+    key = jax.random.PRNGKey(3)
+    n = outer.SCAN_STEPS + 3  # a full chunk and a partial one
+    theta, losses, lengths, skipped = _plain_loop(est, theta0, opt, n, key)
+    res = outer.train(est, theta0, opt, n, key, progress=False)
+    for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(res.theta)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(res.history["loss"], losses, rtol=1e-6)
+    np.testing.assert_array_equal(res.history["length"], lengths)
+    assert res.num_skipped == skipped == 0
+    sizes = {k: f._cache_size() for k, f in est._outer_cache.items()}
+    again = outer.train(est, theta0, opt, n, key, progress=False)
+    assert {k: f._cache_size() for k, f in est._outer_cache.items()} == sizes
+    for a, b in zip(jax.tree.leaves(again.theta), jax.tree.leaves(res.theta)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_fused_loop_skips_and_restarts_diverging_runs():
+    """A learning rate so large that inner runs overflow: every estimate is non-finite, so theta
+    never moves, every step is counted as skipped and the inner runs are restarted (finite state)."""
+    quad = jax.jit(tasks.Quadratic.from_eigenvalues)(jax.random.PRNGKey(0), jnp.array([0.5, 2.0]))
+    lopt = optimizers.Hyperparameters("sgd", {"learning_rate": 1e30})
+    est = estimators.TruncatedBPTT(lopt, tasks.SingleTask(quad), horizon=8, length=4, num_tasks=2)
+    theta0 = lopt.init(None)
+    theta, losses, _, skipped = _plain_loop(est, theta0, optax.adam(0.1), 5, jax.random.PRNGKey(0))
+    res = outer.train(est, theta0, optax.adam(0.1), 5, jax.random.PRNGKey(0), progress=False)
+    assert res.num_skipped == skipped == 5
+    np.testing.assert_array_equal(res.history["skipped"], np.ones(5))
+    np.testing.assert_array_equal(np.asarray(res.theta["learning_rate"]), np.asarray(theta0["learning_rate"]))
+    assert bool(estimators.all_finite(res.estimator_state))
+    np.testing.assert_array_equal(res.history["loss"], losses)

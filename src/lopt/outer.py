@@ -12,6 +12,16 @@
   was skipped, every scalar the estimator reports (variances, lengths, ...) and what ``track``
   returns.
 
+Speed: for the estimators of :mod:`lopt.estimators` (a :class:`TruncatedEstimator`), one outer
+step (estimate, finiteness check, outer-optimizer update or restart, the history scalars) is one
+jitted program, compiled once per (estimator, outer optimizer, truncation size) and cached on the
+estimator, so repeated calls do not recompile. With a constant truncation length and no ``track``,
+up to :data:`SCAN_STEPS` outer steps run in one ``lax.scan`` (steps past the chunk's end are
+no-ops), with one host round trip per chunk; chunks end at checkpoints. Every step runs the same
+compiled body whatever the chunking, so resuming stays bit-identical. With a length schedule or a
+``track`` callback there is one round trip per step (the schedule reads the step on the host).
+Other estimators run ``estimate`` eagerly and the rest of the step as one cached jitted program.
+
 :func:`meta_optimizer` builds the outer optimizer of Maheswaranathan et al. 2021 C.2: Adam with a
 staircase exponential learning-rate decay, elementwise gradient clipping and an L2 penalty.
 """
@@ -29,11 +39,13 @@ import optax
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .estimators import GradientEstimator, all_finite
+from .estimators import GradientEstimator, TruncatedEstimator, all_finite
 
 Array = jax.Array
 Theta = Any
 Track = Callable[[Theta, Theta, Mapping[str, Any]], Mapping[str, Any]]
+
+SCAN_STEPS = 16  # outer steps per compiled lax.scan chunk (constant truncation length, no track)
 
 
 class OuterResult(NamedTuple):
@@ -76,16 +88,86 @@ def global_norm(tree: Theta) -> Array:
     return optax.global_norm(tree)
 
 
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) or (hasattr(v, "shape") and np.shape(v) == ())
+
+
 def _scalars(info: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in info.items():
-        if isinstance(v, (int, float, np.integer, np.floating)) or (hasattr(v, "shape") and np.shape(v) == ()):
-            out[k] = float(v)
-    return out
+    return {k: float(v) for k, v in info.items() if _is_scalar(v)}
 
 
 def _restore(tree: Any) -> Any:
     return jax.tree.map(jnp.asarray, tree)
+
+
+def _update(outer_opt, theta, opt_state, grad, ok):
+    """The outer-optimizer step where ``ok``, else theta and its state unchanged."""
+    def step(args):
+        theta, opt_state = args
+        updates, opt_state = outer_opt.update(grad, opt_state, theta)
+        return optax.apply_updates(theta, updates), opt_state
+
+    return jax.lax.cond(ok, step, lambda args: args, (theta, opt_state))
+
+
+def _row(grad, ok, info) -> dict[str, Array]:
+    """The history entries of one step (``info`` in the estimator's order, after the fixed ones)."""
+    row = {"loss": info["loss"], "grad_norm": global_norm(grad), "skipped": (~ok).astype(jnp.float32)}
+    row.update({k: v for k, v in info.items() if k not in row and _is_scalar(v)})
+    return row
+
+
+def _fused(estimator: TruncatedEstimator, outer_opt, chunk: int, with_aux: bool) -> Callable:
+    """``run(theta, opt_state, est_state, key, start, n, size, active)``: outer steps ``start``,
+    ..., ``start + n - 1`` (``n <= chunk``) as one jitted ``lax.scan``; returns the new theta,
+    optimizer and estimator states and the stacked rows (and, with ``with_aux``, the last step's
+    grad and info for ``track``). Cached on the estimator; ``size`` (compiled length) is static."""
+    cache = estimator.__dict__.setdefault("_outer_cache", {})
+    cache_key = (outer_opt, chunk, with_aux)
+    if cache_key in cache:
+        return cache[cache_key]
+
+    def one(carry, i, size, active, key, start):
+        theta, opt_state, est_state = carry
+        k = jax.random.fold_in(key, start + i)
+        _, k_est = jax.random.split(k)  # as in TruncatedEstimator.estimate
+        grad, new_state, info = estimator._estimate(theta, est_state, k_est, size, active)
+        info = {**info, "length": active}
+        ok = all_finite(grad)
+        new_theta, new_opt = _update(outer_opt, theta, opt_state, grad, ok)
+        est_state = jax.lax.cond(ok | all_finite(new_state), lambda: new_state,
+                                 lambda: estimator.init(jax.random.fold_in(k, 1), theta))
+        return (new_theta, new_opt, est_state), (_row(grad, ok, info), grad, info)
+
+    def run(theta, opt_state, est_state, key, start, n, size, active):
+        step = lambda carry, i: one(carry, i, size, active, key, start)
+        carry = (theta, opt_state, est_state)
+        shapes = jax.eval_shape(step, carry, 0)[1]
+        zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        def body(carry, i):  # steps past n leave everything unchanged
+            return jax.lax.cond(i < n, lambda: step(carry, i), lambda: (carry, zeros()))
+
+        carry, (rows, grads, infos) = jax.lax.scan(body, carry, jnp.arange(chunk))
+        if with_aux:
+            return (*carry, rows, jax.tree.map(lambda x: x[-1], (grads, infos)))
+        return (*carry, rows)
+
+    cache[cache_key] = jax.jit(run, static_argnames=("size",))
+    return cache[cache_key]
+
+
+def _finish(estimator: GradientEstimator, outer_opt) -> Callable:
+    """For estimators whose ``estimate`` runs on the host: finiteness, update and norm, jitted once."""
+    cache = estimator.__dict__.setdefault("_outer_cache", {})
+    if outer_opt not in cache:
+        def finish(theta, opt_state, grad, new_state):
+            ok = all_finite(grad)
+            theta, opt_state = _update(outer_opt, theta, opt_state, grad, ok)
+            return theta, opt_state, ok, global_norm(grad), all_finite(new_state)
+
+        cache[outer_opt] = jax.jit(finish)
+    return cache[outer_opt]
 
 
 def train(
@@ -103,7 +185,8 @@ def train(
 ) -> OuterResult:
     """Train ``theta`` for ``num_steps`` outer steps (module docstring); resumes from
     ``checkpoint`` when that file exists."""
-    if int(num_steps) < 0:
+    num_steps = int(num_steps)
+    if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
     opt_state = outer_opt.init(theta)
     est_state = estimator.init(jax.random.fold_in(key, -1 % 2**31), theta)
@@ -116,38 +199,54 @@ def train(
         history.update({k: list(np.asarray(v)) for k, v in saved["history"].items()})
         start, skipped = int(meta["step"]), int(meta["skipped"])
 
-    @jax.jit
-    def apply(theta, opt_state, grad):
-        updates, opt_state = outer_opt.update(grad, opt_state, theta)
-        return optax.apply_updates(theta, updates), opt_state
-
-    def save(step: int) -> None:
-        tree = {"theta": theta, "opt_state": opt_state, "estimator_state": est_state,
-                "history": {k: np.asarray(v, np.float64) for k, v in history.items()}}
-        ckpt.save_pytree(path, tree, meta={"step": step, "skipped": skipped})
-
-    bar = tqdm(range(start, int(num_steps)), desc=desc, disable=not progress, initial=start, total=int(num_steps))
-    for step in bar:
+    fused = isinstance(estimator, TruncatedEstimator)
+    constant = fused and isinstance(estimator.length, (int, np.integer))
+    chunk = SCAN_STEPS if constant and track is None else 1
+    run = _fused(estimator, outer_opt, chunk, track is not None) if fused else _finish(estimator, outer_opt)
+    every = max(1, int(checkpoint_every))
+    bar = tqdm(total=num_steps, desc=desc, disable=not progress, initial=start)
+    step = start
+    while step < num_steps:
+        before = theta
+        stop = min(num_steps, step + chunk, (step // every + 1) * every if path is not None else num_steps)
         k = jax.random.fold_in(key, step)
-        grad, new_state, info = estimator.estimate(theta, est_state, k)
-        ok = bool(all_finite(grad))
-        row = {"loss": float(info["loss"]), "grad_norm": float(global_norm(grad)), "skipped": float(not ok)}
-        row.update({k_: v for k_, v in _scalars(info).items() if k_ not in row})
-        if track is not None:
-            row.update({k_: float(v) for k_, v in track(theta, grad, info).items()})
-        if ok:
-            theta, opt_state = apply(theta, opt_state, grad)
-            est_state = new_state
+        if fused:
+            if constant:
+                size = active = int(estimator.length)
+            else:
+                size, active = estimator.truncation_length(int(est_state.step), jax.random.split(k)[0])
+            out = run(theta, opt_state, est_state, key, step, stop - step, size=size, active=active)
+            theta, opt_state, est_state, rows = out[:4]
+            rows = jax.device_get(rows)  # keys sorted by jit: the fixed ones first, length last (as before)
+            names = ["loss", "grad_norm", "skipped", *sorted(set(rows) - {"loss", "grad_norm", "skipped", "length"}), "length"]
+            rows = {name: np.asarray(rows[name][: stop - step], np.float64) for name in names}
+            if track is not None:
+                grad, info = out[4]
+                info = {**info, "length": active}
         else:
-            skipped += 1
-            est_state = new_state if bool(all_finite(new_state)) else estimator.init(jax.random.fold_in(k, 1), theta)
-        for name, value in row.items():
-            history[name].append(value)
+            grad, new_state, info = estimator.estimate(theta, est_state, k)
+            theta, opt_state, ok, norm, state_ok = run(theta, opt_state, grad, new_state)
+            scalars = {k_: v for k_, v in info.items() if _is_scalar(v)}
+            ok, norm, state_ok, info_host = jax.device_get((ok, norm, state_ok, scalars))
+            rows = {"loss": float(info_host["loss"]), "grad_norm": float(norm), "skipped": float(not ok)}
+            rows.update({k_: v for k_, v in _scalars(info_host).items() if k_ not in rows})
+            rows = {name: np.array([v], np.float64) for name, v in rows.items()}
+            est_state = new_state if ok or state_ok else estimator.init(jax.random.fold_in(k, 1), before)
+        if track is not None:
+            rows.update({k_: np.array([float(v)]) for k_, v in track(before, grad, info).items()})
+        for name, values in rows.items():
+            history[name].extend(values.tolist())
+        skipped += int(np.sum(rows["skipped"]))
+        bar.update(stop - step)
+        step = stop
         if progress:
-            bar.set_postfix(loss=f"{row['loss']:.4g}", skipped=skipped, refresh=False)
-        if path is not None and ((step + 1) % int(checkpoint_every) == 0 or step + 1 == int(num_steps)):
-            save(step + 1)
-    hist = {k: np.asarray(v, np.float64) for k, v in history.items()}
+            bar.set_postfix(loss=f"{rows['loss'][-1]:.4g}", skipped=skipped, refresh=False)
+        if path is not None and (step % every == 0 or step == num_steps):
+            tree = {"theta": theta, "opt_state": opt_state, "estimator_state": est_state,
+                    "history": {k_: np.asarray(v, np.float64) for k_, v in history.items()}}
+            ckpt.save_pytree(path, tree, meta={"step": step, "skipped": skipped})
+    bar.close()
+    hist = {k_: np.asarray(v, np.float64) for k_, v in history.items()}
     return OuterResult(theta, hist, skipped, opt_state, est_state)
 
 

@@ -13,11 +13,20 @@ each normalised by its root-mean-square over the parameter tensor, so that input
 comparable across tasks and layers. The MLP outputs a direction d and a log learning rate l, and
 the update is ``step_mult * d * exp(exp_mult * l)``; the small fixed multipliers make a freshly
 initialised optimizer take small steps.
+
+``features`` builds these inputs as one (*shape, num_inputs) array, the formula as written. The
+update computes the same function without materialising them or the hidden layer (which made it
+memory-bound, 45-120 ns per parameter): the RMS normalisation is a per-tensor scale per input,
+folded into the first-layer weights, the time features (the same for every parameter) are folded
+into the first-layer bias, and the MLP is one elementwise expression over per-input arrays,
+summing relu(sum_i x_i w1[i, j] + b1[j]) * w2[j] over the hidden units j. Reverse mode (the
+TBPTT meta-gradient) differentiates the formula as written instead, recomputed from the inputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -73,6 +82,31 @@ class MLPOptimizer(LearnedOptimizer):
             x = jnp.concatenate([x, jnp.broadcast_to(t, (*param.shape, t.size))], axis=-1)
         return x
 
+    def direction(self, theta: dict[str, Array], g: Array, p: Array, m: Array, t: Array) -> Array:
+        """The update of one tensor, the formula as written: features, MLP, ``step_mult d exp(exp_mult l)``."""
+        h = jax.nn.relu(self.features(g, p, m, t) @ theta["w1"] + theta["b1"])
+        out = h @ theta["w2"] + theta["b2"]
+        return self.step_mult * out[..., 0] * jnp.exp(self.exp_mult * out[..., 1])
+
+    def direction_fused(self, theta: dict[str, Array], g: Array, p: Array, m: Array, t: Array) -> Array:
+        """``direction`` without the (*shape, num_inputs) and (*shape, hidden) arrays (module docstring)."""
+        n_tensor = 2 + len(self.decays) * self.use_momentum  # inputs normalised per tensor; then time
+        xs = [g, p] + ([m[..., k] for k in range(len(self.decays))] if self.use_momentum else [])
+        scale = jax.lax.rsqrt(jnp.stack([jnp.mean(x * x) for x in xs]) + 1e-12)
+        w1 = theta["w1"][:n_tensor] * scale[:, None].astype(theta["w1"].dtype)
+        b1 = theta["b1"]
+        if self.use_time:
+            b1 = b1 + jnp.tanh(t / jnp.asarray(self.time_scales, g.dtype) - 1.0) @ theta["w1"][n_tensor:]
+        w2, b2 = theta["w2"], theta["b2"]
+        d, lr = b2[0], b2[1]
+        for j in range(self.hidden):  # one fused elementwise expression over the tensor
+            z = b1[j]
+            for x, w in zip(xs, w1[:, j]):
+                z = z + x * w
+            h = jax.nn.relu(z)
+            d, lr = d + h * w2[j, 0], lr + h * w2[j, 1]
+        return self.step_mult * d * jnp.exp(self.exp_mult * lr)
+
     def opt_fn(self, theta: dict[str, Array]) -> Optimizer:
         decays = jnp.asarray(self.decays)
 
@@ -80,18 +114,36 @@ class MLPOptimizer(LearnedOptimizer):
             emas = jax.tree.map(lambda p: jnp.zeros((*jnp.shape(p), len(self.decays)), jnp.result_type(p)), params)
             return MLPOptState(emas, jnp.zeros((), jnp.int32))
 
+        def one(g, p, m, step):
+            m = decays.astype(m.dtype) * m + (1.0 - decays.astype(m.dtype)) * g[..., None]
+            return _direction(self, theta, g, p, m, step.astype(g.dtype)), m
+
         def update(grads: Any, state: MLPOptState, params: Any = None):
             if params is None:
                 raise ValueError("the MLP optimizer reads parameter values: pass params to update()")
-            emas = jax.tree.map(lambda m, g: decays * m + (1.0 - decays) * g[..., None], state.emas, grads)
-
-            def one(g, p, m):
-                x = self.features(g, p, m, state.step.astype(g.dtype))
-                h = jax.nn.relu(x @ theta["w1"] + theta["b1"])
-                out = h @ theta["w2"] + theta["b2"]
-                return self.step_mult * out[..., 0] * jnp.exp(self.exp_mult * out[..., 1])
-
-            updates = jax.tree.map(one, grads, params, emas)
+            gs, tree = jax.tree.flatten(grads)
+            out = [one(*a, state.step) for a in zip(gs, tree.flatten_up_to(params), tree.flatten_up_to(state.emas))]
+            updates, emas = (tree.unflatten([o[i] for o in out]) for i in (0, 1))
             return updates, MLPOptState(emas, state.step + 1)
 
         return optax.GradientTransformation(init, update)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _direction(lopt: MLPOptimizer, theta, g, p, m, t):
+    """Forward: the fused expression; reverse mode: the vjp of the formula as written, recomputed.
+    Differentiated directly, the fused expression (hidden x inputs scalar ops per tensor) made a TBPTT
+    outer step compile in 50-85 s instead of 9 s and run 0.73x as fast as the unfused formula
+    (``benchmarks/meta_training.py``)."""
+    return lopt.direction_fused(theta, g, p, m, t)
+
+
+def _direction_fwd(lopt, theta, g, p, m, t):
+    return lopt.direction_fused(theta, g, p, m, t), (theta, g, p, m, t)
+
+
+def _direction_bwd(lopt, res, ct):
+    return jax.vjp(lopt.direction, *res)[1](ct)
+
+
+_direction.defvjp(_direction_fwd, _direction_bwd)
