@@ -52,5 +52,6 @@ data: install
 readme: install
 	python -m lopt.readme
 
-lab: install
-	jupyter lab notebooks/
+# As root (containers) Jupyter refuses to start without --allow-root.
+lab: install data
+	jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
