@@ -35,7 +35,6 @@ os.environ.setdefault("LOPT_COMPILATION_CACHE", "off")  # compile times are part
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -50,6 +49,7 @@ import numpy as np
 import optax
 
 from lopt import estimators, outer, tasks
+from machine import describe  # benchmarks/machine.py
 from lopt.learned import MLPOptimizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -82,32 +82,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.out is None:
         args.out = RESULTS / ("meta_training_quick.json" if args.quick else "meta_training.json")
     return args
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jax_devices": [str(d) for d in jax.devices()],
-        "optax": optax.__version__,
-        "load_average_1min_at_start": os.getloadavg()[0],
-        "lopt": str(Path(outer.__file__).parent),  # which checkout (or copy) of the library was measured
-        "git": git_state(),
-    }
-
-
-def git_state() -> dict:
-    """The commit and the files that differ from it (the numbers depend on uncommitted edits too)."""
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], capture_output=True, text=True, timeout=10,
-                                  cwd=Path(__file__).parent).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"head": git("rev-parse", "HEAD"), "modified": git("diff", "--name-only", "HEAD").split()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.memory_child:
         memory_child(args)
         return {}
-    info = machine()
+    info = describe()
     print(f"machine: {info['processor']}, {info['cpu_count']} CPU cores, jax {info['jax']} {info['jax_devices']}, "
           f"load average {info['load_average_1min_at_start']:.2f} (other processes share the cores: timings are noisy)")
     task, cfg, theta0 = setup(args)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import optax
 
 from lopt import optimizers, tasks, unroll
 from lopt.learned import MLPOptimizer
+from machine import describe  # benchmarks/machine.py
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_TASKS = ("cnn-32-64", "mlp-32", "mlp-128", "mlp-512")
@@ -80,21 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def machine() -> dict:
-    """What the numbers were measured on (they are only comparable within one run)."""
+def _torch_info() -> dict:
     import torch
 
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "jax_devices": [str(d) for d in jax.devices()],
-        "optax": optax.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1min_at_start": os.getloadavg()[0],
-    }
+    return {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def jax_optimizers(key: jax.Array) -> dict:
@@ -162,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    info = machine()
+    info = describe(**_torch_info())
     print(f"machine: {info['processor']}, {info['cpu_count']} CPU cores, jax devices {info['jax_devices']}, "
           f"load average {info['load_average_1min_at_start']:.2f} (other processes share the cores: timings are noisy)")
     key = jax.random.PRNGKey(0)
