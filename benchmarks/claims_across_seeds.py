@@ -33,8 +33,8 @@ from lopt import config, seeds  # noqa: E402
 
 
 def order(notebooks: list[str]) -> list[str]:
-    """Notebook 10 (it trains the GRUs) before the notebooks that read its weights."""
-    return sorted(notebooks, key=lambda nb: (nb != "10", nb))
+    """Notebooks 05 and 10 (they train the MLP and GRU optimizers) before the notebooks that read their weights."""
+    return sorted(notebooks, key=lambda nb: (nb not in ("05", "10"), nb))
 
 
 def run_one(nb: str, seed: int, profile: str, out: Path) -> dict:

@@ -94,3 +94,55 @@ def test_bucket_and_schedules():
     assert abs(np.mean(mid) - 5025) < 150
     with pytest.raises(ValueError, match="bad curriculum"):
         truncation.curriculum(50, 100, 10, jitter=1.5)
+
+
+def test_remaining_stops_at_the_episode_end(training):
+    theta = training.learned_opt.init(None)
+    state = training.init(theta, jax.random.PRNGKey(4), num_tasks=2)
+    assert training.remaining(state) == 6
+    state = training.unroll(theta, state, 4).state
+    assert training.remaining(state) == 2
+    state = training.unroll(theta, state, 2).state
+    assert training.remaining(state) == 6  # finished tasks restart at the next truncation
+
+
+def test_one_compiled_size_for_a_schedule_and_gradients_match_exact_lengths():
+    """Metz et al. 2019 sec. 4.3's jittered curriculum with ``max_length``: one compile for every drawn
+    length, and each estimate equals the one compiled at exactly that length (masked steps skip)."""
+    from lopt import estimators, outer
+
+    fam = tasks.LinearRegressionFamily(dim=4, num_data=6)
+    lopt = optimizers.Hyperparameters("momentum", {"learning_rate": 0.05}, fixed={"beta": 0.5}, log=("learning_rate",))
+    theta = lopt.init(None)
+    sched = truncation.curriculum(2, 9, 6, jitter=0.2)
+    est = estimators.Merged(lopt, fam, horizon=12, length=sched, num_tasks=2, max_length=11)
+    res = outer.train(est, theta, outer.meta_optimizer(1e-2), 8, jax.random.PRNGKey(0), progress=False)
+    lengths = res.history["length"]
+    assert len(set(lengths.tolist())) >= 3 and lengths.max() <= 11
+    fused = [v for v in est._outer_cache.values()]
+    assert sum(f._cache_size() for f in fused) == 1  # one compiled outer step for every length
+    # an estimate padded to 11 steps equals the estimate compiled at its length
+    state = est.init(jax.random.PRNGKey(1), theta)
+    key = jax.random.PRNGKey(2)
+    padded = est._estimate(theta, state, key, 11, jnp.asarray(5))
+    exact = est._estimate(theta, state, key, 5, jnp.asarray(5))
+    for a, b in zip(jax.tree.leaves(padded[0]), jax.tree.leaves(exact[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(padded[2]["loss"], exact[2]["loss"], rtol=1e-6)
+    # the episode end caps the active steps: min(L, T - t)
+    st = est.init(jax.random.PRNGKey(3), theta)
+    st = st._replace(truncated=st.truncated._replace(inner=st.truncated.inner._replace(
+        step=jnp.full_like(st.truncated.inner.step, 9))))
+    assert est.truncation_length(5, jax.random.PRNGKey(4), st)[1] <= 3
+
+
+def test_outer_loss_cap_bounds_recorded_losses_not_gradients():
+    rng = np.random.default_rng(0)
+    images = {s: jnp.asarray(rng.integers(0, 256, (16, 4, 4), dtype=np.uint8)) for s in tasks.SPLITS}
+    labels = {s: jnp.asarray(rng.integers(0, 3, (16,), dtype=np.int32)) for s in tasks.SPLITS}
+    capped = tasks.ImageClassifier(images, labels, "mlp", (4,), "relu", 8, num_classes=3, loss_cap=0.5)
+    lopt = optimizers.Hyperparameters("sgd", {"learning_rate": 0.1})
+    for obj in truncation.OBJECTIVES:
+        tt = truncation.TruncatedTraining(lopt, tasks.SingleTask(capped), horizon=5, objective=obj)
+        res = tt.unroll(lopt.init(), tt.init(lopt.init(), jax.random.PRNGKey(0), 2), 5)
+        assert float(jnp.max(res.losses)) <= 0.5 + 1e-6  # a fresh 3-way classifier's loss ~ ln 3 > 0.5

@@ -32,7 +32,7 @@ SEED_ENV = "LOPT_SEED"
 OUTPUT_ENV = "LOPT_OUTPUT_DIR"
 
 # Integers must be >= 1 (step counts, sizes, sample counts) except for these names.
-_INT_MAY_BE_ZERO = re.compile(r"(^|_)(seed|offset|index|start)s?($|_)")
+_INT_MAY_BE_ZERO = re.compile(r"(^|_)(seed|offset|index|start)s?($|_)|^(train|test)_classes$")
 # Floats under these names must be > 0.
 _POSITIVE_FLOAT = re.compile(r"(^|_)(lr|learning_rate|sigma|eps|scale|temperature)s?($|_)")
 

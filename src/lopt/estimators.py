@@ -148,6 +148,7 @@ class TruncatedEstimator(GradientEstimator):
     num_tasks: int = 8
     objective: str = "train"
     remat: bool = False
+    max_length: int | None = None  # with a schedule: compile this one size, shorter truncations skip the rest
 
     def __post_init__(self) -> None:
         self.training = TruncatedTraining(self.learned_opt, self.family, int(self.horizon), self.objective, self.remat)
@@ -155,6 +156,8 @@ class TruncatedEstimator(GradientEstimator):
             self.length = int(self.horizon)
         if isinstance(self.length, (int, np.integer)) and int(self.length) < 1:
             raise ValueError(f"truncation length must be >= 1, got {self.length}")
+        if self.max_length is not None and int(self.max_length) < 1:
+            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
         if int(self.num_tasks) < 1:
             raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
         self._compiled: dict[int, Callable] = {}
@@ -162,16 +165,23 @@ class TruncatedEstimator(GradientEstimator):
     def init(self, key: Array, theta: Theta) -> EstimatorState:
         return EstimatorState(jnp.zeros((), jnp.int32), self.training.init(theta, key, self.num_tasks))
 
-    def truncation_length(self, outer_step: int, key: Array) -> tuple[int, int]:
-        """(compiled length, active steps) for this outer step."""
+    def truncation_length(self, outer_step: int, key: Array, state: EstimatorState | None = None) -> tuple[int, int]:
+        """(compiled length, active steps) for this outer step. A schedule's length compiles to
+        ``max_length`` when set (one kernel for every length; longer draws are cut to it), else to
+        :func:`bucket` sizes. With ``state``, the active steps stop at the episode end, min(L, T - t)."""
         if isinstance(self.length, (int, np.integer)):
-            return int(self.length), int(self.length)
-        n = int(self.length(outer_step, _schedule_rng(key)))
-        return bucket(n), n
+            size = n = int(self.length)
+        else:
+            n = int(self.length(outer_step, _schedule_rng(key)))
+            size = int(self.max_length) if self.max_length else bucket(n)
+            n = min(n, size)
+        if state is not None:
+            n = max(1, min(n, int(self.training.remaining(state.truncated))))
+        return size, n
 
     def estimate(self, theta: Theta, state: EstimatorState, key: Array) -> tuple[Theta, EstimatorState, Info]:
         k_len, k_est = jax.random.split(key)
-        size, active = self.truncation_length(int(state.step), k_len)
+        size, active = self.truncation_length(int(state.step), k_len, state)
         if size not in self._compiled:
             self._compiled[size] = jax.jit(lambda th, st, k, n: self._estimate(th, st, k, size, n))
         grad, state, info = self._compiled[size](theta, state, k_est, jnp.asarray(active, jnp.int32))

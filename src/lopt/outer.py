@@ -131,6 +131,7 @@ def _fused(estimator: TruncatedEstimator, outer_opt, chunk: int, with_aux: bool)
         theta, opt_state, est_state = carry
         k = jax.random.fold_in(key, start + i)
         _, k_est = jax.random.split(k)  # as in TruncatedEstimator.estimate
+        active = jnp.maximum(1, jnp.minimum(active, estimator.training.remaining(est_state.truncated)))
         grad, new_state, info = estimator._estimate(theta, est_state, k_est, size, active)
         info = {**info, "length": active}
         ok = all_finite(grad)
@@ -214,7 +215,7 @@ def train(
             if constant:
                 size = active = int(estimator.length)
             else:
-                size, active = estimator.truncation_length(int(est_state.step), jax.random.split(k)[0])
+                size, active = estimator.truncation_length(int(est_state.step), jax.random.split(k)[0], est_state)
             out = run(theta, opt_state, est_state, key, step, stop - step, size=size, active=active)
             theta, opt_state, est_state, rows = out[:4]
             rows = jax.device_get(rows)  # keys sorted by jit: the fixed ones first, length last (as before)

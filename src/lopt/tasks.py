@@ -51,6 +51,11 @@ class Task:
     def batch(self, key: Array, split: str = "train") -> Batch:
         return None
 
+    def outer_loss(self, loss: Array) -> Array:
+        """The value an outer-objective records for the inner loss ``loss`` (unchanged here; a task
+        may cap it so that one diverging inner run cannot dominate an estimate)."""
+        return loss
+
 
 class TaskFamily:
     """A distribution over tasks: ``sample(key) -> Task``."""
@@ -277,8 +282,10 @@ class ImageClassifier(Task):
     """Minibatch classification of images (Fashion-MNIST here; MNIST in the papers).
 
     ``model`` is ``"mlp"`` (hidden sizes ``hidden``, activation ``act``) or ``"cnn"`` (a conv net,
-    ``hidden`` = channels per 3x3 stride-2 conv layer, then mean pooling and a linear readout).
-    Images are stored as uint8 and scaled per batch. ``batch(key, split)`` samples with replacement.
+    ``hidden`` = channels per 3x3 conv layer with ``strides`` (default 2 everywhere), then mean
+    pooling and a linear readout to ``num_classes`` logits). Images are stored as uint8 and scaled
+    per batch. ``batch(key, split)`` samples with replacement. ``loss_cap`` (if set) bounds the loss
+    that *outer*-objectives record (:meth:`outer_loss`); inner gradients are never capped.
     """
 
     images: dict[str, Array]
@@ -287,10 +294,9 @@ class ImageClassifier(Task):
     hidden: tuple[int, ...] = static((128,))
     act: str = static("relu")
     batch_size: int = static(128)
-
-    @property
-    def num_classes(self) -> int:
-        return 10
+    num_classes: int = static(10)
+    strides: tuple[int, ...] | None = static(None)
+    loss_cap: float | None = static(None)
 
     def init(self, key: Array) -> Params:
         shape = self.images["train"].shape[1:]
@@ -306,11 +312,19 @@ class ImageClassifier(Task):
             return mlp_apply(params, x.reshape(x.shape[0], -1), self.act)
         if x.ndim == 3:
             x = x[..., None]
-        return cnn_apply(params, x, self.act)
+        return cnn_apply(params, x, self.act, self.strides)
 
     def loss(self, params: Params, batch: Batch) -> Array:
         images, labels = batch
         return softmax_xent(self.apply(params, images), labels)
+
+    def outer_loss(self, loss: Array) -> Array:
+        """The value an outer-objective records for an inner loss: ``min(loss, loss_cap)``."""
+        return loss if self.loss_cap is None else jnp.minimum(loss, self.loss_cap)
+
+    def split_loss(self, params: Params, split: str = "test") -> Array:
+        """The loss on a whole split (the curves of Metz et al. 2019 Fig. 6)."""
+        return softmax_xent(self.apply(params, self.images[split]), self.labels[split])
 
     def batch(self, key: Array, split: str = "train") -> Batch:
         if split not in self.images:
@@ -385,10 +399,14 @@ def cnn_init(key: Array, in_channels: int, channels: Sequence[int], num_classes:
     return {"conv": layers, "head": head}
 
 
-def cnn_apply(params: Params, x: Array, act: str = "relu") -> Array:
-    """3x3 stride-2 conv layers with ``act``, global mean pooling, linear readout."""
+def cnn_apply(params: Params, x: Array, act: str = "relu", strides: Sequence[int] | None = None) -> Array:
+    """3x3 conv layers with ``act`` (stride ``strides[i]`` for layer i; 2 everywhere by default),
+    global mean pooling, linear readout."""
     f = activation(act)
-    for layer in params["conv"]:
-        x = f(conv2d(x, layer["w"], stride=2) + layer["b"])
+    strides = strides or (2,) * len(params["conv"])
+    if len(strides) != len(params["conv"]):
+        raise ValueError(f"strides {tuple(strides)} must have one entry per conv layer ({len(params['conv'])})")
+    for layer, stride in zip(params["conv"], strides):
+        x = f(conv2d(x, layer["w"], stride=int(stride)) + layer["b"])
     x = jnp.mean(x, axis=(1, 2))
     return x @ params["head"]["w"] + params["head"]["b"]

@@ -134,8 +134,8 @@ class TruncatedTraining:
         k_train, k_valid = jax.random.fold_in(run_key, 2), jax.random.fold_in(run_key, 3)
         n_active = length if num_active is None else num_active
 
-        def body(state: InnerState, t: Array):
-            active = (state.step < self.horizon) & (t < n_active)
+        def step(state: InnerState):
+            active = state.step < self.horizon
             batch = task.batch(jax.random.fold_in(k_train, state.step), "train")
             loss, grads = jax.value_and_grad(task.loss)(state.params, batch)
             updates, opt_state = opt.update(grads, state.opt_state, state.params)
@@ -143,18 +143,34 @@ class TruncatedTraining:
             new = tree_where(active, new, state)
             if self.objective == "valid":
                 loss = task.loss(new.params, task.batch(jax.random.fold_in(k_valid, state.step), "valid"))
-            return new, (loss, active)
+            return new, (task.outer_loss(loss), active)
+
+        def skip(state: InnerState):
+            return state, (jnp.zeros((), jnp.result_type(float)), jnp.zeros((), bool))
+
+        def body(state: InnerState, t: Array):
+            # the predicate does not depend on the task, so under vmap this stays a real branch and steps
+            # past num_active cost nothing: one compiled size serves every shorter truncation
+            return jax.lax.cond(t < n_active, step, skip, state)
 
         if self.remat:
             body = jax.checkpoint(body)
         final, (losses, active) = jax.lax.scan(body, inner, jnp.arange(length))
         if self.objective == "train":
-            # l(w_{t+1}) on batch t+1 is the loss the next step computes before its update
-            last = task.loss(final.params, task.batch(jax.random.fold_in(k_train, final.step), "train"))
-            losses = jnp.concatenate([losses[1:], last[None]])
+            # l(w_{t+1}) on batch t+1 is the loss the next step computes before its update; after the
+            # last active step, the loss of the final state on the next batch
+            last = task.outer_loss(task.loss(final.params, task.batch(jax.random.fold_in(k_train, final.step), "train")))
+            after = jnp.concatenate([active[1:], jnp.zeros((1,), bool)])
+            losses = jnp.where(after, jnp.concatenate([losses[1:], last[None]]), last)
         weight = active.astype(losses.dtype)
         mean = jnp.sum(jnp.where(active, losses, 0.0)) / jnp.maximum(jnp.sum(weight), 1.0)
         return Truncation(mean, losses, active, reset, (final, run_key))
+
+    def remaining(self, state: TruncatedState) -> Array:
+        """Steps until every task of ``state`` reaches its horizon (tasks at the horizon restart at 0):
+        a truncation longer than this only idles, so the estimators stop there, min(L, T - t)."""
+        step = state.inner.step
+        return jnp.max(self.horizon - jnp.where(step >= self.horizon, 0, step))
 
     # -- batches of tasks -------------------------------------------------------------------
 

@@ -129,11 +129,12 @@ def on_edge(result: SearchResult) -> dict[str, bool]:
     return {k: i in (0, len(a) - 1) for (k, a), i in zip(result.axes.items(), result.best_index)}
 
 
-def curve_fn(learned_opt: LearnedOptimizer, family: TaskFamily, num_steps: int, num_tasks: int
-             ) -> Callable[[Any, Array], Array]:
-    """A jitted ``(theta, key) -> (num_tasks, num_steps)`` training curves of :func:`curves`, compiled once
-    (for scoring theta repeatedly during meta-training)."""
-    training = TruncatedTraining(learned_opt, family, int(num_steps), "train")
+def curve_fn(learned_opt: LearnedOptimizer, family: TaskFamily, num_steps: int, num_tasks: int,
+             objective: str = "train") -> Callable[[Any, Array], Array]:
+    """A jitted ``(theta, key) -> (num_tasks, num_steps)`` training curves of :func:`curves` (with ``objective``
+    "valid": the validation-minibatch loss after each update), compiled once (for scoring theta repeatedly
+    during meta-training)."""
+    training = TruncatedTraining(learned_opt, family, int(num_steps), objective)
 
     @jax.jit
     def run(theta: Any, key: Array) -> Array:

@@ -69,6 +69,29 @@ class MLPOptimizer(LearnedOptimizer):
             "b2": jnp.zeros((2,)),
         }
 
+    def input_index(self, name: str) -> int:
+        """The input column of a feature: ``"grad"``, ``"param"``, ``"ema_<decay>"`` or ``"time_<scale>"``."""
+        names = ["grad", "param"] + [f"ema_{d:g}" for d in self.decays] * self.use_momentum
+        names += [f"time_{s:g}" for s in self.time_scales] * self.use_time
+        if name not in names:
+            raise ValueError(f"unknown input {name!r}; allowed values: {', '.join(names)}")
+        return names.index(name)
+
+    def init_linear(self, key: Array, learning_rate: float, feature: str = "ema_0.9", noise: float = 0.1) -> dict[str, Array]:
+        """Meta-parameters whose update is ``-learning_rate * x / rms(x)`` for the input ``feature`` (say,
+        normalised momentum: two hidden ReLU units read +x and -x), plus ``noise`` times :meth:`init`
+        (readout noise scaled like the signal). Starts outer-training near a tuned hand-designed
+        optimizer instead of near zero steps (``step_mult`` is 1e-3 and a random readout's log learning
+        rate would need l ~ 2300 to grow steps tenfold)."""
+        if self.hidden < 2:
+            raise ValueError(f"init_linear needs hidden >= 2 units, got hidden={self.hidden}")
+        theta = self.init(key)
+        i, a = self.input_index(feature), learning_rate / self.step_mult
+        w1 = jnp.zeros_like(theta["w1"]).at[i, 0].set(1.0).at[i, 1].set(-1.0)
+        w2 = jnp.zeros_like(theta["w2"]).at[0, 0].set(-a).at[1, 0].set(a)
+        return {"w1": w1 + noise * theta["w1"], "b1": noise * theta["b1"],
+                "w2": w2 + noise * a * theta["w2"], "b2": noise * theta["b2"]}
+
     def features(self, grad: Array, param: Array, emas: Array, step: Array) -> Array:
         """Normalised inputs of one parameter tensor: shape (*param.shape, num_inputs)."""
         parts = [grad[..., None], param[..., None]]
