@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 
-from lopt import estimators, optimizers, outer, tasks, truncation, variance
+from lopt import estimators, optimizers, outer, samples, tasks, truncation, variance
 
 D = 3
 CENTER = jnp.array([1.0, -2.0, 0.5])
@@ -172,6 +172,43 @@ def test_inverse_variance_merge_and_variance_helpers():
     np.testing.assert_allclose(mean["x"], [2.0, 4.0])
     # per-coordinate sample variances 2, 8, 2; averaged (4) and divided by n = 2
     assert float(var) == pytest.approx(2.0)
+
+
+def test_per_coordinate_merge():
+    """Eq. (1) per coordinate: weights var_es_i / (var_es_i + var_rp_i) in [0, 1], the merge a convex
+    combination per coordinate, and the pooled formula when every coordinate has the same variances."""
+    rng = np.random.default_rng(0)
+    rp = {"a": jnp.asarray(rng.normal(0, [0.1, 1.0, 3.0], (16, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=(16,)))}
+    es = {"a": jnp.asarray(rng.normal(1, [2.0, 0.5, 3.0], (16, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=(16,)))}
+    g_rp, v_rp = estimators.mean_and_variance(rp, per_coordinate=True)
+    g_es, v_es = estimators.mean_and_variance(es, per_coordinate=True)
+    np.testing.assert_allclose(v_rp["a"], np.var(np.asarray(rp["a"]), axis=0, ddof=1) / 16, rtol=1e-5)
+    assert float(estimators.mean_and_variance(rp)[1]) == pytest.approx(float(samples.pooled(v_rp)), rel=1e-6)
+    merged, w = estimators.inverse_variance_merge(g_rp, v_rp, g_es, v_es)
+    for k in ("a", "b"):
+        w_k = np.asarray(w[k])
+        assert np.all((0 <= w_k) & (w_k <= 1))
+        np.testing.assert_allclose(w_k, np.asarray(v_es[k]) / (np.asarray(v_es[k]) + np.asarray(v_rp[k])), rtol=1e-5)
+        np.testing.assert_allclose(merged[k], w_k * g_rp[k] + (1 - w_k) * g_es[k], rtol=1e-5, atol=1e-7)
+    assert w["a"][0] > 0.9 and w["a"][1] < 0.5  # rp is precise on coordinate 0, es on coordinate 1
+    # equal variances across coordinates: the per-coordinate merge is the pooled one
+    const = lambda tree, v: jax.tree.map(lambda x: jnp.full_like(x, v), tree)
+    per, w_per = estimators.inverse_variance_merge(g_rp, const(g_rp, 0.3), g_es, const(g_es, 0.7))
+    pool, w_pool = estimators.inverse_variance_merge(g_rp, jnp.float32(0.3), g_es, jnp.float32(0.7))
+    for k in ("a", "b"):
+        np.testing.assert_allclose(w_per[k], float(w_pool), rtol=1e-6)
+        np.testing.assert_allclose(per[k], pool[k], rtol=1e-6)
+    # a non-finite estimate gets weight 0 at every coordinate
+    bad = {**g_rp, "b": g_rp["b"] * jnp.nan}
+    merged, w = estimators.inverse_variance_merge(bad, v_rp, g_es, v_es)
+    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(w))
+    np.testing.assert_allclose(merged["a"], g_es["a"])
+    # the estimator: weight_rp is the mean weight, in [0, 1]
+    est = estimators.Merged(Drift(), FAMILY, horizon=4, num_tasks=8, per_coordinate=True)
+    grad, _, info = est.estimate(THETA, est.init(jax.random.PRNGKey(0), THETA), jax.random.PRNGKey(1))
+    assert 0 <= float(info["weight_rp"]) <= 1 and np.all(np.isfinite(np.asarray(grad)))
+    lo, hi = np.minimum(info["grad_rp"], info["grad_es"]), np.maximum(info["grad_rp"], info["grad_es"])
+    assert np.all((lo - 1e-6 <= np.asarray(grad)) & (np.asarray(grad) <= hi + 1e-6))
 
 
 def test_estimators_reject_bad_settings():

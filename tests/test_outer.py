@@ -20,12 +20,14 @@ def _problem():
     return lopt, tasks.SingleTask(quad)
 
 
-@pytest.mark.parametrize("name", ["Merged", "PES"])
-def test_resume_from_checkpoint_is_bit_identical(tmp_path, name):
+@pytest.mark.parametrize("name,chunk", [("Merged", None), ("PES", None), ("Merged", 2)])
+def test_resume_from_checkpoint_is_bit_identical(tmp_path, name, chunk):
     """A run killed after 4 of 7 outer steps and resumed from its checkpoint ends with exactly the
-    theta, history and estimator state of an uninterrupted run (curriculum lengths included)."""
+    theta, history and estimator state of an uninterrupted run (curriculum lengths included; fused
+    path, and with ``chunk`` the chunked truncations of lopt.chunked)."""
     lopt, family = _problem()
-    est = getattr(estimators, name)(lopt, family, horizon=12, length=truncation.curriculum(2, 6, 5), num_tasks=3)
+    est = getattr(estimators, name)(lopt, family, horizon=12, length=truncation.curriculum(2, 6, 5), num_tasks=3,
+                                    chunk=chunk)
     theta0 = lopt.init(None)
     opt = outer.meta_optimizer(0.05, clip_value=5.0, l2=1e-5)
     key = jax.random.PRNGKey(7)

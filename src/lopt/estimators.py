@@ -33,6 +33,15 @@ What each estimate is unbiased for, and its bias:
 
 Truncated ES, reparameterization and merged estimates carry the state of the positive particle of
 each pair to the next truncation.
+
+Each estimator is two parts: ``_particles`` (theta -> the particles: one theta and one inner run
+each, plus what the estimate needs, e.g. the noise) and ``_combine`` (the particles' losses and
+d loss / d theta -> the estimate, the carried state and diagnostics). Between them the particles
+are unrolled, either in one traced program per compiled length (``chunk=None``: the bucketed
+sizes of :func:`lopt.truncation.bucket`, or ``max_length``) or, with ``chunk=K``, by
+:mod:`lopt.chunked` as a host loop over one compiled chunk of K steps (two programs whatever the
+lengths: the choice for the jittered curriculum of sec. 4.3), e.g. ``Merged(..., chunk=10)``. Both
+stop at the episode end, min(L, T - t), and give the same estimate.
 """
 
 from __future__ import annotations
@@ -44,7 +53,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .chunked import ChunkedTraining
 from .optimizers import LearnedOptimizer
+from .samples import (all_finite, half, inverse_variance_merge, mean_and_variance, per_sample, pooled,  # noqa: F401
+                      rows, stack2, tree_normal)
 from .tasks import TaskFamily
 from .truncation import Schedule, TruncatedState, TruncatedTraining, bucket
 
@@ -73,61 +85,6 @@ class GradientEstimator:
         raise NotImplementedError
 
 
-# ---------------------------------------------------------------------------------------------
-# pytree helpers
-
-
-def tree_normal(key: Array, tree: Theta, n: int) -> Theta:
-    """``n`` standard normal samples shaped like ``tree`` (leading axis ``n``)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten(
-        [jax.random.normal(k, (n, *jnp.shape(x)), jnp.result_type(x)) for k, x in zip(keys, leaves)]
-    )
-
-
-def mean_and_variance(samples: Theta) -> tuple[Theta, Array]:
-    """The mean of per-sample estimates (leading axis) and the variance of that mean: the
-    per-coordinate sample variance / n, averaged over all coordinates of theta."""
-    leaves = jax.tree.leaves(samples)
-    n = leaves[0].shape[0]
-    mean = jax.tree.map(lambda x: jnp.mean(x, axis=0), samples)
-    total = sum(jnp.sum(jnp.var(x, axis=0, ddof=1)) for x in leaves)
-    size = sum(x[0].size for x in leaves)
-    return mean, total / size / n
-
-
-def all_finite(tree: Any) -> Array:
-    """Whether every floating-point leaf of ``tree`` is finite."""
-    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
-
-
-def inverse_variance_merge(g_a: Theta, var_a: Array, g_b: Theta, var_b: Array) -> tuple[Theta, Array]:
-    """Eq. (1): (g_a / var_a + g_b / var_b) / (1 / var_a + 1 / var_b), and the weight of ``g_a``.
-    An estimate that is not finite (or has a non-finite variance) gets weight 0."""
-    ok_a = jnp.isfinite(var_a) & all_finite(g_a)
-    ok_b = jnp.isfinite(var_b) & all_finite(g_b)
-    tiny = jnp.finfo(jnp.result_type(var_a, var_b)).tiny
-    w_a = jnp.where(ok_a, 1.0 / jnp.maximum(jnp.where(ok_a, var_a, 1.0), tiny), 0.0)
-    w_b = jnp.where(ok_b, 1.0 / jnp.maximum(jnp.where(ok_b, var_b, 1.0), tiny), 0.0)
-    total = w_a + w_b
-    weight_a = jnp.where(total > 0, w_a / jnp.where(total > 0, total, 1.0), jnp.nan)
-    merged = jax.tree.map(
-        lambda a, b: weight_a * jnp.where(ok_a, a, 0.0) + (1.0 - weight_a) * jnp.where(ok_b, b, 0.0), g_a, g_b
-    )
-    return merged, weight_a
-
-
-def _stack2(tree: Any) -> Any:
-    """Each leaf twice along its leading axis ([x; x])."""
-    return jax.tree.map(lambda x: jnp.concatenate([x, x]), tree)
-
-
-def _half(tree: Any, first: bool) -> Any:
-    return jax.tree.map(lambda x: x[: x.shape[0] // 2] if first else x[x.shape[0] // 2 :], tree)
-
-
 def _schedule_rng(key: Array) -> np.random.Generator:
     """A host-side generator seeded from ``key`` (for the jitter of a truncation schedule)."""
     return np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
@@ -139,7 +96,10 @@ def _schedule_rng(key: Array) -> np.random.Generator:
 
 @dataclasses.dataclass(eq=False)
 class TruncatedEstimator(GradientEstimator):
-    """Common machinery: truncated inner training, the length schedule and compiled kernels."""
+    """Common machinery: truncated inner training, the length schedule, compiled kernels, and the
+    particles -> unroll -> combine pipeline (module docstring). ``chunk``: run truncations through
+    :mod:`lopt.chunked` with this many steps per compiled chunk (``None``: one traced program per
+    compiled length)."""
 
     learned_opt: LearnedOptimizer
     family: TaskFamily
@@ -149,6 +109,9 @@ class TruncatedEstimator(GradientEstimator):
     objective: str = "train"
     remat: bool = False
     max_length: int | None = None  # with a schedule: compile this one size, shorter truncations skip the rest
+    chunk: int | None = None  # steps per compiled chunk (lopt.chunked); None: one program per compiled length
+
+    uses_grad = True  # whether _combine needs the particles' d loss / d theta
 
     def __post_init__(self) -> None:
         self.training = TruncatedTraining(self.learned_opt, self.family, int(self.horizon), self.objective, self.remat)
@@ -161,6 +124,7 @@ class TruncatedEstimator(GradientEstimator):
         if int(self.num_tasks) < 1:
             raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
         self._compiled: dict[int, Callable] = {}
+        self.chunked = None if self.chunk is None else ChunkedTraining(self.training, int(self.chunk))
 
     def init(self, key: Array, theta: Theta) -> EstimatorState:
         return EstimatorState(jnp.zeros((), jnp.int32), self.training.init(theta, key, self.num_tasks))
@@ -168,7 +132,8 @@ class TruncatedEstimator(GradientEstimator):
     def truncation_length(self, outer_step: int, key: Array, state: EstimatorState | None = None) -> tuple[int, int]:
         """(compiled length, active steps) for this outer step. A schedule's length compiles to
         ``max_length`` when set (one kernel for every length; longer draws are cut to it), else to
-        :func:`bucket` sizes. With ``state``, the active steps stop at the episode end, min(L, T - t)."""
+        :func:`bucket` sizes (with ``chunk`` the compiled length is unused). With ``state``, the
+        active steps stop at the episode end, min(L, T - t)."""
         if isinstance(self.length, (int, np.integer)):
             size = n = int(self.length)
         else:
@@ -182,27 +147,52 @@ class TruncatedEstimator(GradientEstimator):
     def estimate(self, theta: Theta, state: EstimatorState, key: Array) -> tuple[Theta, EstimatorState, Info]:
         k_len, k_est = jax.random.split(key)
         size, active = self.truncation_length(int(state.step), k_len, state)
-        if size not in self._compiled:
-            self._compiled[size] = jax.jit(lambda th, st, k, n: self._estimate(th, st, k, size, n))
-        grad, state, info = self._compiled[size](theta, state, k_est, jnp.asarray(active, jnp.int32))
+        if self.chunked is not None:
+            grad, state, info = self._estimate_chunked(theta, state, k_est, active)
+        else:
+            if size not in self._compiled:
+                self._compiled[size] = jax.jit(lambda th, st, k, n: self._estimate(th, st, k, size, n))
+            grad, state, info = self._compiled[size](theta, state, k_est, jnp.asarray(active, jnp.int32))
         info["length"] = active
         return grad, state, info
 
-    def _estimate(self, theta, state, key, length, num_active):  # traced, static length
+    def _estimate(self, theta, state, key, length, num_active):
+        """The estimate as one traced program (static ``length``, ``num_active`` steps active)."""
+        thetas, runs, aux = self._particles(theta, state, key)
+        res, grads = self.training.particles(thetas, runs, length, num_active, grad=self.uses_grad)
+        return self._combine(theta, state, aux, res.loss, grads, res.state)
+
+    def _estimate_chunked(self, theta, state, key, length):
+        """The estimate, the truncation run by :mod:`lopt.chunked`; the two other parts jitted once."""
+        if not hasattr(self, "_chunk_fns"):
+            self._chunk_fns = (jax.jit(self._particles), jax.jit(self._combine))
+        particles, combine = self._chunk_fns
+        thetas, runs, aux = particles(theta, state, key)
+        res = self.chunked.run(thetas, runs, length, grad=self.uses_grad)
+        return combine(theta, state, aux, res.loss, res.grads, res.state)
+
+    def _particles(self, theta, state, key) -> tuple[Theta, TruncatedState, Any]:
+        """(thetas with a leading particle axis, their inner runs, what ``_combine`` needs)."""
+        raise NotImplementedError
+
+    def _combine(self, theta, state, aux, losses, grads, runs) -> tuple[Theta, EstimatorState, Info]:
+        """The particles' losses (and d loss / d theta when ``uses_grad``) and inner runs after the
+        truncation -> (estimate, new estimator state, info)."""
         raise NotImplementedError
 
 
 @dataclasses.dataclass(eq=False)
 class TruncatedBPTT(TruncatedEstimator):
-    """Backpropagation through one truncation from the carried inner state (module docstring)."""
+    """Backpropagation through one truncation from the carried inner state (module docstring):
+    one particle per task, all at theta; the estimate is the mean of their gradients."""
 
-    def _estimate(self, theta, state, key, length, num_active):
-        def f(th):
-            res = self.training.unroll(th, state.truncated, length, num_active)
-            return jnp.mean(res.loss), res
+    def _particles(self, theta, state, key):
+        n = state.truncated.run_key.shape[0]
+        return jax.tree.map(lambda t: jnp.broadcast_to(t, (n, *jnp.shape(t))), theta), state.truncated, None
 
-        (loss, res), grad = jax.value_and_grad(f, has_aux=True)(theta)
-        return grad, EstimatorState(state.step + 1, res.state), {"loss": loss}
+    def _combine(self, theta, state, aux, losses, grads, runs):
+        grad = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
+        return grad, EstimatorState(state.step + 1, runs), {"loss": jnp.mean(losses)}
 
 
 class FullUnroll(TruncatedBPTT):
@@ -210,41 +200,35 @@ class FullUnroll(TruncatedBPTT):
     (Maheswaranathan et al. 2021 C.2: 200 steps, a batch of 32 problems)."""
 
     def __init__(self, learned_opt: LearnedOptimizer, family: TaskFamily, num_steps: int, num_tasks: int = 8,
-                 objective: str = "train", remat: bool = False):
-        super().__init__(learned_opt, family, num_steps, num_steps, num_tasks, objective, remat)
+                 objective: str = "train", remat: bool = False, chunk: int | None = None):
+        super().__init__(learned_opt, family, num_steps, num_steps, num_tasks, objective, remat, chunk=chunk)
 
 
 @dataclasses.dataclass(eq=False)
 class Antithetic(TruncatedEstimator):
     """Shared machinery of ES, reparameterization and merged estimates: one antithetic pair
-    theta +/- sigma n per task, both started from the task's carried state."""
+    theta +/- sigma n per task, both started from the task's carried state (2n particles)."""
 
     sigma: float = DEFAULT_SIGMA
     keep_samples: bool = False
     uses_grad: bool = True
 
-    def _pairs(self, theta, state, key, length, num_active):
-        n = self.num_tasks
-        noise = tree_normal(key, theta, n)
+    def _particles(self, theta, state, key):
+        noise = tree_normal(key, theta, self.num_tasks)
         thetas = jax.tree.map(lambda t, e: jnp.concatenate([t + self.sigma * e, t - self.sigma * e]), theta, noise)
-        runs = _stack2(state.truncated)
+        return thetas, stack2(state.truncated), noise
 
-        def one(th, inner, run_key):
-            res = self.training.unroll_one(th, inner, run_key, length, num_active)
-            return res.loss, res
+    def _samples(self, noise, losses, grads):
+        """Per pair: the ES estimate (L+ - L-) / (2 sigma) n and the reparameterization estimate
+        (grad L+ + grad L-) / 2 (``None`` without gradients)."""
+        n = self.num_tasks
+        es = per_sample((losses[:n] - losses[n:]) / (2.0 * self.sigma), noise)
+        rp = None if grads is None else jax.tree.map(lambda g: 0.5 * (g[:n] + g[n:]), grads)
+        return es, rp
 
-        if self.uses_grad:
-            (losses, res), grads = jax.vmap(jax.value_and_grad(one, has_aux=True))(thetas, runs.inner, runs.run_key)
-            rp = jax.tree.map(lambda g: 0.5 * (g[:n] + g[n:]), grads)
-        else:
-            losses, res = jax.vmap(one)(thetas, runs.inner, runs.run_key)
-            rp = None
-        diff = (losses[:n] - losses[n:]) / (2.0 * self.sigma)
-        es = jax.tree.map(lambda e: diff.reshape((n,) + (1,) * (e.ndim - 1)) * e, noise)
-        inner, run_key = res.state
-        new = EstimatorState(state.step + 1, TruncatedState(_half(inner, True), _half(run_key, True)))
-        info = {"loss": jnp.mean(losses)}
-        return es, rp, new, info
+    def _next(self, state, losses, runs):
+        """The carried state (the positive particles' runs) and the info every pair estimator reports."""
+        return EstimatorState(state.step + 1, half(runs, True)), {"loss": jnp.mean(losses)}
 
     def _with_samples(self, info: Info, **samples: Theta) -> Info:
         if self.keep_samples:
@@ -258,9 +242,10 @@ class ES(Antithetic):
 
     uses_grad: bool = False
 
-    def _estimate(self, theta, state, key, length, num_active):
-        es, _, new, info = self._pairs(theta, state, key, length, num_active)
+    def _combine(self, theta, state, noise, losses, grads, runs):
+        es, _ = self._samples(noise, losses, None)
         grad, var = mean_and_variance(es)
+        new, info = self._next(state, losses, runs)
         return grad, new, self._with_samples({**info, "var_es": var}, es=es)
 
 
@@ -268,28 +253,36 @@ class ES(Antithetic):
 class Reparameterization(Antithetic):
     """The reparameterization (pathwise) gradient of the smoothed loss, on antithetic samples."""
 
-    def _estimate(self, theta, state, key, length, num_active):
-        _, rp, new, info = self._pairs(theta, state, key, length, num_active)
+    def _combine(self, theta, state, noise, losses, grads, runs):
+        _, rp = self._samples(noise, losses, grads)
         grad, var = mean_and_variance(rp)
+        new, info = self._next(state, losses, runs)
         return grad, new, self._with_samples({**info, "var_rp": var}, rp=rp)
 
 
 @dataclasses.dataclass(eq=False)
 class Merged(Antithetic):
-    """Inverse-variance weighting of the reparameterization and ES estimates (eq. 1)."""
+    """Inverse-variance weighting of the reparameterization and ES estimates (eq. 1). With
+    ``per_coordinate``, eq. (1) per coordinate of theta, with the per-coordinate variances of the
+    two sample means instead of their averages over coordinates; ``weight_rp`` is then the mean
+    weight and ``var_es``/``var_rp`` the averages."""
+
+    per_coordinate: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_tasks < 2:
             raise ValueError("Merged needs num_tasks >= 2 pairs to estimate the variances")
 
-    def _estimate(self, theta, state, key, length, num_active):
-        es, rp, new, info = self._pairs(theta, state, key, length, num_active)
-        g_es, var_es = mean_and_variance(es)
-        g_rp, var_rp = mean_and_variance(rp)
+    def _combine(self, theta, state, noise, losses, grads, runs):
+        es, rp = self._samples(noise, losses, grads)
+        g_es, var_es = mean_and_variance(es, self.per_coordinate)
+        g_rp, var_rp = mean_and_variance(rp, self.per_coordinate)
         grad, w_rp = inverse_variance_merge(g_rp, var_rp, g_es, var_es)
-        info = {**info, "var_es": var_es, "var_rp": var_rp, "weight_rp": w_rp,
-                "grad_es": g_es, "grad_rp": g_rp}
+        if self.per_coordinate:
+            var_es, var_rp, w_rp = pooled(var_es), pooled(var_rp), pooled(w_rp)
+        new, info = self._next(state, losses, runs)
+        info = {**info, "var_es": var_es, "var_rp": var_rp, "weight_rp": w_rp, "grad_es": g_es, "grad_rp": g_rp}
         return grad, new, self._with_samples(info, es=es, rp=rp)
 
 
@@ -302,23 +295,25 @@ class PES(TruncatedEstimator):
     sigma: float = DEFAULT_SIGMA
     keep_samples: bool = False
 
+    uses_grad = False
+
     def init(self, key: Array, theta: Theta) -> EstimatorState:
         runs = self.training.init(theta, key, self.num_tasks)
         accum = jax.tree.map(lambda t: jnp.zeros((self.num_tasks, *jnp.shape(t)), jnp.result_type(t)), theta)
-        return EstimatorState(jnp.zeros((), jnp.int32), _stack2(runs), accum)
+        return EstimatorState(jnp.zeros((), jnp.int32), stack2(runs), accum)
 
-    def _estimate(self, theta, state, key, length, num_active):
-        n = self.num_tasks
-        eps = jax.tree.map(lambda e: self.sigma * e, tree_normal(key, theta, n))
-        reset = _half(state.truncated.inner.step, True) >= self.horizon  # both particles alike
-        shape = lambda x: reset.reshape((n,) + (1,) * (x.ndim - 1))
-        xi = jax.tree.map(lambda a, e: jnp.where(shape(a), 0.0, a) + e, state.accum, eps)
+    def _particles(self, theta, state, key):
+        eps = jax.tree.map(lambda e: self.sigma * e, tree_normal(key, theta, self.num_tasks))
+        reset = half(state.truncated.inner.step, True) >= self.horizon  # both particles alike
+        xi = jax.tree.map(lambda a, e: jnp.where(rows(reset, a), 0.0, a) + e, state.accum, eps)
         thetas = jax.tree.map(lambda t, e: jnp.concatenate([t + e, t - e]), theta, eps)
-        res = self.training.unroll(thetas, state.truncated, length, num_active, batched_theta=True)
-        diff = (res.loss[:n] - res.loss[n:]) / (2.0 * self.sigma**2)
-        samples = jax.tree.map(lambda x: diff.reshape((n,) + (1,) * (x.ndim - 1)) * x, xi)
+        return thetas, state.truncated, xi
+
+    def _combine(self, theta, state, xi, losses, grads, runs):
+        n = self.num_tasks
+        samples = per_sample((losses[:n] - losses[n:]) / (2.0 * self.sigma**2), xi)
         grad, var = mean_and_variance(samples)
-        info = {"loss": jnp.mean(res.loss), "var_pes": var}
+        info = {"loss": jnp.mean(losses), "var_pes": var}
         if self.keep_samples:
             info["samples_pes"] = samples
-        return grad, EstimatorState(state.step + 1, res.state, xi), info
+        return grad, EstimatorState(state.step + 1, runs, xi), info

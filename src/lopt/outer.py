@@ -20,7 +20,9 @@ up to :data:`SCAN_STEPS` outer steps run in one ``lax.scan`` (steps past the chu
 no-ops), with one host round trip per chunk; chunks end at checkpoints. Every step runs the same
 compiled body whatever the chunking, so resuming stays bit-identical. With a length schedule or a
 ``track`` callback there is one round trip per step (the schedule reads the step on the host).
-Other estimators run ``estimate`` eagerly and the rest of the step as one cached jitted program.
+Other estimators, and truncated estimators with ``chunk`` set (their truncation is a host loop over
+compiled chunks, :mod:`lopt.chunked`), run ``estimate`` eagerly and the rest of the step as one
+cached jitted program. Either way the history's ``length`` is the active length run, min(L, T - t).
 
 :func:`meta_optimizer` builds the outer optimizer of Maheswaranathan et al. 2021 C.2: Adam with a
 staircase exponential learning-rate decay, elementwise gradient clipping and an L2 penalty.
@@ -200,7 +202,7 @@ def train(
         history.update({k: list(np.asarray(v)) for k, v in saved["history"].items()})
         start, skipped = int(meta["step"]), int(meta["skipped"])
 
-    fused = isinstance(estimator, TruncatedEstimator)
+    fused = isinstance(estimator, TruncatedEstimator) and estimator.chunk is None
     constant = fused and isinstance(estimator.length, (int, np.integer))
     chunk = SCAN_STEPS if constant and track is None else 1
     run = _fused(estimator, outer_opt, chunk, track is not None) if fused else _finish(estimator, outer_opt)

@@ -119,6 +119,17 @@ def _m05(m: Metrics) -> str:
     return "mean outer-loss of the best seed on fresh outer-train problems: " + "; ".join(parts)
 
 
+def _m06(m: Metrics) -> str:
+    sp = m["wallclock_speedup_train"]
+    tb = m["best_test_loss_within_budget"]
+    return (f"train-targeted learned optimizer reaches each tuned baseline's final training loss "
+            + ", ".join(f"{k} x{v:.1f}" for k, v in sp.items()) + " faster in wall-clock; lowest median test loss "
+            + f"learned {tb['learned']:.3f} vs " + ", ".join(f"{k} {v:.3f}" for k, v in tb.items() if k != "learned")
+            + f"; beats Adam+Reg+Decay on {m['beats_adam8p_fraction']['train']:.0%} (train) / "
+            f"{m['beats_adam8p_fraction']['valid']:.0%} (test) of held-out problems; step time learned "
+            f"{m['step_time_ms']['learned']:.2f} ms vs Adam {m['step_time_ms']['adam']:.2f} ms")
+
+
 # The figure shown in a row (default: figures/NN_<the notebook's name without its number>.png).
 THUMBNAIL = {"01": "01_momentum_sweep", "02": "02_slices_1d", "04": "04_estimator_variance", "10": "10_summary",
              "11": "11_momentum_modes"}
@@ -138,7 +149,10 @@ ROWS: dict[str, tuple[str, str, Callable[[Metrics], str] | None]] = {
     "05": ("Metz 2019 Fig. 5", "outer-training the MLP learned optimizer on CNN tasks (merged estimator, truncation "
            "curriculum): the outer-loss falls for every seed; the best seed beats learning-rate-tuned Adam on "
            "outer-train problems", _m05),
-    "06": ("Metz 2019 Fig. 6, App. G", "learned optimizer beats tuned baselines in wall-clock", None),
+    "06": ("Metz 2019 Fig. 6, App. G", "on held-out problems the train-targeted learned optimizer reaches lower training "
+           "loss faster in wall-clock than Adam, RMSProp, SGD+momentum (learning rate tuned per problem) and "
+           "Adam+Reg+Decay; the valid-targeted one reaches lower test loss; learned beats Adam+Reg+Decay on most "
+           "problems", _m06),
     "07": ("Metz 2019 Fig. 7, App. F", "out-of-distribution generalization", None),
     "08": ("Metz 2019 Fig. 8, App. H", "ablations", None),
     "09": ("Maheswaranathan 2021 Fig. 2", "update functions: GD linear (slope = lr), clipping saturates, momentum "

@@ -26,7 +26,7 @@ import torch
 if TYPE_CHECKING:
     from .learned import GRUOptimizer, MLPOptimizer
 
-__all__ = ["GRUOptimizerTorch", "MLPOptimizerTorch", "load", "save_mlp"]
+__all__ = ["GRUOptimizerTorch", "MLPOptimizerTorch", "cnn", "load", "save_mlp"]
 
 KINDS = ("gru", "mlp")
 # rows (coordinates) per chunk of the per-coordinate networks: bounds the (rows, hidden) temporaries
@@ -219,3 +219,39 @@ def save_mlp(path: str | Path, lopt: MLPOptimizer, theta: Mapping[str, Any], met
     arrays = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in theta.items()}
     meta = {**(meta or {}), "kind": "mlp", "optimizer": dataclasses.asdict(lopt)}
     return checkpoint.save_pytree(path, arrays, meta=meta)
+
+
+def cnn(in_channels: int, channels: Iterable[int], num_classes: int, strides: Iterable[int] | None = None
+        ) -> torch.nn.Module:
+    """The CNN of :class:`lopt.tasks.ImageClassifier` (``model="cnn"``) as an ``nn.Module``: 3x3 convolutions
+    (stride ``strides[i]``, 2 by default, padding 1) with ReLU, global mean pooling, a linear readout. Input
+    NCHW floats in [0, 1]."""
+    channels = list(channels)
+    strides = list(strides) if strides is not None else [2] * len(channels)
+    layers, c_in = [], int(in_channels)
+    for c_out, s in zip(channels, strides):
+        layers += [torch.nn.Conv2d(c_in, int(c_out), 3, stride=int(s), padding=1), torch.nn.ReLU()]
+        c_in = int(c_out)
+    return torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(c_in, num_classes))
+
+
+def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: Any, labels: Any, num_steps: int,
+        batch_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A plain PyTorch training loop (minibatches with replacement, cross-entropy, ``zero_grad`` / ``backward``
+    / ``step``) on uint8 images (N, H, W); returns the loss and the wall-clock seconds of every step."""
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float32).unsqueeze(1) / 255.0
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    gen = torch.Generator().manual_seed(int(seed))
+    losses, seconds = [], []
+    import time
+
+    for _ in range(int(num_steps)):
+        t0 = time.perf_counter()
+        idx = torch.randint(0, x.shape[0], (int(batch_size),), generator=gen)
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        optimizer.step()
+        seconds.append(time.perf_counter() - t0)
+        losses.append(float(loss.detach()))
+    return np.asarray(losses), np.asarray(seconds)

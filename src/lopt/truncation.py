@@ -13,6 +13,10 @@ l(w_{t+1}), on the next training minibatch (Metz's L_train) or on a validation m
 bucketed sizes, see :func:`bucket`), leave the state unchanged and carry no weight. Tasks are
 reset only at the start of a truncation, so each truncation covers one inner run per task.
 
+A truncation is :meth:`TruncatedTraining.restart` (reset at the horizon), then
+:meth:`~TruncatedTraining.steps` (the per-step body, shared with :mod:`lopt.chunked`, which runs a
+truncation as a host loop over a fixed compiled chunk of steps instead of one scan per length).
+
 Truncation schedules map the outer step to a length: :func:`constant` and the paper's
 :func:`curriculum` (linear from a start to an end length over N outer updates, jittered
 uniformly by up to 20 %, sec. 4.3).
@@ -44,6 +48,15 @@ class TruncatedState(NamedTuple):
 
     inner: InnerState
     run_key: Array  # (num_tasks, 2): task, initialisation and minibatches of the current run
+
+
+class StepContext(NamedTuple):
+    """What the steps of one run share (:meth:`TruncatedTraining.context`)."""
+
+    opt: Optimizer
+    task: Any  # the run's Task
+    k_train: Array  # minibatch t is drawn from fold_in(k_train, t)
+    k_valid: Array
 
 
 class Truncation(NamedTuple):
@@ -121,28 +134,34 @@ class TruncatedTraining:
         params = task.init(jax.random.fold_in(run_key, 1))
         return InnerState(params, opt.init(params), jnp.zeros((), jnp.int32))
 
-    def unroll_one(
-        self, theta: Theta, inner: InnerState, run_key: Array, length: int, num_active: Array | int | None = None
-    ) -> Truncation:
-        """One truncation of one task: ``length`` steps from ``inner`` (reset first if the task
-        reached its horizon). ``Truncation.state`` is ``(inner, run_key)`` to carry on with."""
-        opt = self.learned_opt.opt_fn(theta)
+    def restart(self, opt: Optimizer, inner: InnerState, run_key: Array) -> tuple[InnerState, Array, Array]:
+        """The start of a truncation: a task that reached its horizon is replaced by a fresh run (new
+        key). Returns the inner state, the run key and whether it was reset."""
         reset = inner.step >= self.horizon
         run_key = jnp.where(reset, jax.random.fold_in(run_key, 4), run_key)
-        inner = tree_where(reset, self.fresh(opt, run_key), inner)
+        return tree_where(reset, self.fresh(opt, run_key), inner), run_key, reset
+
+    def context(self, opt: Optimizer, run_key: Array) -> StepContext:
+        """What every step of the run driven by ``run_key`` needs: optimizer, task, minibatch keys."""
         task = self.family.sample(jax.random.fold_in(run_key, 0))
-        k_train, k_valid = jax.random.fold_in(run_key, 2), jax.random.fold_in(run_key, 3)
-        n_active = length if num_active is None else num_active
+        return StepContext(opt, task, jax.random.fold_in(run_key, 2), jax.random.fold_in(run_key, 3))
+
+    def steps(self, ctx: StepContext, inner: InnerState, ts: Array, num_active: Array | int) -> tuple[InnerState, Any]:
+        """The steps ``ts`` (indices within the truncation) from ``inner``: a step updates the state if
+        ``t < num_active`` and the task is before its horizon. Returns the final state and, per step,
+        (loss, active): the pre-update training loss l(w_t) with objective "train" (the post-update loss
+        is the next step's, see :meth:`unroll_one`), the post-update validation loss with "valid"."""
+        task, opt = ctx.task, ctx.opt
 
         def step(state: InnerState):
             active = state.step < self.horizon
-            batch = task.batch(jax.random.fold_in(k_train, state.step), "train")
+            batch = task.batch(jax.random.fold_in(ctx.k_train, state.step), "train")
             loss, grads = jax.value_and_grad(task.loss)(state.params, batch)
             updates, opt_state = opt.update(grads, state.opt_state, state.params)
             new = InnerState(apply_updates(state.params, updates), opt_state, state.step + 1)
             new = tree_where(active, new, state)
             if self.objective == "valid":
-                loss = task.loss(new.params, task.batch(jax.random.fold_in(k_valid, state.step), "valid"))
+                loss = task.loss(new.params, task.batch(jax.random.fold_in(ctx.k_valid, state.step), "valid"))
             return new, (task.outer_loss(loss), active)
 
         def skip(state: InnerState):
@@ -151,15 +170,31 @@ class TruncatedTraining:
         def body(state: InnerState, t: Array):
             # the predicate does not depend on the task, so under vmap this stays a real branch and steps
             # past num_active cost nothing: one compiled size serves every shorter truncation
-            return jax.lax.cond(t < n_active, step, skip, state)
+            return jax.lax.cond(t < num_active, step, skip, state)
 
         if self.remat:
             body = jax.checkpoint(body)
-        final, (losses, active) = jax.lax.scan(body, inner, jnp.arange(length))
+        return jax.lax.scan(body, inner, ts)
+
+    def next_loss(self, ctx: StepContext, inner: InnerState) -> Array:
+        """The outer-loss of ``inner`` on the next training minibatch (objective "train")."""
+        batch = ctx.task.batch(jax.random.fold_in(ctx.k_train, inner.step), "train")
+        return ctx.task.outer_loss(ctx.task.loss(inner.params, batch))
+
+    def unroll_one(
+        self, theta: Theta, inner: InnerState, run_key: Array, length: int, num_active: Array | int | None = None
+    ) -> Truncation:
+        """One truncation of one task: ``length`` steps from ``inner`` (reset first if the task
+        reached its horizon). ``Truncation.state`` is ``(inner, run_key)`` to carry on with."""
+        opt = self.learned_opt.opt_fn(theta)
+        inner, run_key, reset = self.restart(opt, inner, run_key)
+        ctx = self.context(opt, run_key)
+        n_active = length if num_active is None else num_active
+        final, (losses, active) = self.steps(ctx, inner, jnp.arange(length), n_active)
         if self.objective == "train":
             # l(w_{t+1}) on batch t+1 is the loss the next step computes before its update; after the
             # last active step, the loss of the final state on the next batch
-            last = task.outer_loss(task.loss(final.params, task.batch(jax.random.fold_in(k_train, final.step), "train")))
+            last = self.next_loss(ctx, final)
             after = jnp.concatenate([active[1:], jnp.zeros((1,), bool)])
             losses = jnp.where(after, jnp.concatenate([losses[1:], last[None]]), last)
         weight = active.astype(losses.dtype)
@@ -197,3 +232,21 @@ class TruncatedTraining:
         res = jax.vmap(one, in_axes=(0 if batched_theta else None, 0, 0))(theta, state.inner, state.run_key)
         inner, run_key = res.state
         return res._replace(state=TruncatedState(inner, run_key))
+
+    def particles(
+        self, thetas: Theta, state: TruncatedState, length: int, num_active: Array | int | None = None,
+        grad: bool = False,
+    ) -> tuple[Truncation, Theta | None]:
+        """One truncation per particle, each with its own theta (leading axis of ``thetas``) and
+        inner run (``state``): the :class:`Truncation` and, with ``grad``, each particle's
+        d loss / d theta (leading axis). The traced counterpart of :mod:`lopt.chunked`."""
+        if not grad:
+            return self.unroll(thetas, state, length, num_active, batched_theta=True), None
+
+        def one(th, inner, key):
+            res = self.unroll_one(th, inner, key, length, num_active)
+            return res.loss, res
+
+        (_, res), grads = jax.vmap(jax.value_and_grad(one, has_aux=True))(thetas, state.inner, state.run_key)
+        inner, run_key = res.state
+        return res._replace(state=TruncatedState(inner, run_key)), grads
