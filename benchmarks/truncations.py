@@ -14,7 +14,7 @@ cache off). Reported per side: compilations (XLA backend compiles during the run
 those over 1 s, with their total seconds), total wall time, mean seconds per outer step excluding
 the first, and the steady-state seconds per outer step at a fixed length after a warm-up call.
 
-    .venv/bin/python benchmarks/truncations.py            # ~10-15 min on 2 cores
+    .venv/bin/python benchmarks/truncations.py            # 15-45 min on 2 cores (the traced side compiles ~20 programs)
     .venv/bin/python benchmarks/truncations.py --quick    # smoke run (not for reporting)
 
 Writes a table to stdout and JSON to ``benchmarks/results/truncations.json``
