@@ -29,10 +29,3 @@ def output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(config.OUTPUT_ENV, str(tmp_path))
     return tmp_path
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Notebooks run in one xdist group, in file order (``make test`` uses ``--dist loadgroup``): notebooks
-    05 and 10 write the learned optimizers that 06-08 and 11-14 read from ``$LOPT_OUTPUT_DIR``."""
-    for item in items:
-        if item.fspath.ext == ".ipynb":
-            item.add_marker(pytest.mark.xdist_group("notebooks"))
