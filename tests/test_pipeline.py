@@ -130,3 +130,19 @@ def test_table_entries_round_trip(tmp_path):
     assert set(table["notebooks"]) == {"07", "08"} and table["notebooks"]["07"] == {"fingerprint": "f7", "runs": runs}
     assert list(seeds.read_table(tmp_path, ["08"])["notebooks"]) == ["08"]
     assert seeds.read_table(tmp_path / "none")["notebooks"] == {}
+
+
+def test_notebook_chains_share_an_xdist_group():
+    """``make test`` (--dist loadgroup) runs the notebooks that read another notebook's learned optimizers on
+    the same worker, after it (root conftest.py); every other test file is its own group."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)
+    groups = {p.name[:2]: root_conftest.group_of(f"notebooks/{p.name}") for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    assert groups["05"] == groups["06"] and groups["10"] == groups["11"] == groups["14"]
+    assert groups["05"] != groups["10"]
+    assert groups["01"] == "notebooks/" + next((ROOT / "notebooks").glob("01_*.ipynb")).name
+    assert root_conftest.group_of("tests/test_tasks.py") == "tests/test_tasks.py"
+    assert "loadgroup" in (ROOT / "Makefile").read_text()
