@@ -126,8 +126,9 @@ def test_one_compiled_size_for_a_schedule_and_gradients_match_exact_lengths():
     key = jax.random.PRNGKey(2)
     padded = est._estimate(theta, state, key, 11, jnp.asarray(5))
     exact = est._estimate(theta, state, key, 5, jnp.asarray(5))
+    rtol = 1e-5 if jax.default_backend() == "cpu" else 5e-5  # a GPU sums the masked steps in another order
     for a, b in zip(jax.tree.leaves(padded[0]), jax.tree.leaves(exact[0])):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-7)
     np.testing.assert_allclose(padded[2]["loss"], exact[2]["loss"], rtol=1e-6)
     # the episode end caps the active steps: min(L, T - t)
     st = est.init(jax.random.PRNGKey(3), theta)

@@ -58,14 +58,17 @@ def test_remat_gives_identical_losses_and_gradients(quadratic):
     state0 = unroll.init_state(quadratic, opt, None)
     a = unroll.unroll(quadratic, opt, state0, None, 15)
     b = unroll.unroll(quadratic, opt, state0, None, 15, remat=True)
-    np.testing.assert_array_equal(a.losses, b.losses)
+    # bit-identical on the CPU; a GPU may fuse the recomputed steps differently (float32 rounding)
+    same = np.testing.assert_array_equal if jax.default_backend() == "cpu" else \
+        (lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=0))
+    same(a.losses, b.losses)
 
     def grad(remat):
         return jax.grad(unroll.meta_loss)(theta, hp.opt_fn, quadratic, None, 15, "mean", remat)
 
     g0, g1 = grad(False), grad(True)
     assert np.isfinite(g0["learning_rate"]) and g0["learning_rate"] != 0
-    np.testing.assert_array_equal(g0["learning_rate"], g1["learning_rate"])
+    same(g0["learning_rate"], g1["learning_rate"])
 
 
 def test_meta_loss_objectives(quadratic):
