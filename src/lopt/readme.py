@@ -130,6 +130,12 @@ def _m06(m: Metrics) -> str:
             f"{m['step_time_ms']['learned']:.2f} ms vs Adam {m['step_time_ms']['adam']:.2f} ms")
 
 
+def _m08(m: Metrics) -> str:
+    c = m["configs"]
+    return ("late outer-loss, median over seeds (start " + f"{m['initial_median']:.3f}, tuned Adam "
+            f"{m['adam_on_eval_problems']:.3f}): " + ", ".join(f"{n} {v['late_median']:.3f}" for n, v in c.items()))
+
+
 # The figure shown in a row (default: figures/NN_<the notebook's name without its number>.png).
 THUMBNAIL = {"01": "01_momentum_sweep", "02": "02_slices_1d", "04": "04_estimator_variance", "10": "10_summary",
              "11": "11_momentum_modes"}
@@ -154,7 +160,9 @@ ROWS: dict[str, tuple[str, str, Callable[[Metrics], str] | None]] = {
            "Adam+Reg+Decay; the valid-targeted one reaches lower test loss; learned beats Adam+Reg+Decay on most "
            "problems", _m06),
     "07": ("Metz 2019 Fig. 7, App. F", "out-of-distribution generalization", None),
-    "08": ("Metz 2019 Fig. 8, App. H", "ablations", None),
+    "08": ("Metz 2019 Fig. 8, App. H", "ablations: the merged estimator beats the reparameterization gradient alone "
+           "and ES alone; the curriculum beats short fixed truncations; without momentum inputs the optimizer fails "
+           "to converge; without the time input it does nearly as well", _m08),
     "09": ("Maheswaranathan 2021 Fig. 2", "update functions: GD linear (slope = lr), clipping saturates, momentum "
            "offsets, RMSProp's state sets the slope", _m09),
     "10": ("Maheswaranathan 2021 Fig. 1, 9-12", "per-coordinate GRU optimizers meta-trained through 200-step unrolls "
