@@ -144,8 +144,27 @@ def _m08(m: Metrics) -> str:
             f"{m['adam_on_eval_problems']:.3f}): " + ", ".join(f"{n} {v['late_median']:.3f}" for n, v in c.items()))
 
 
+def _m15(m: Metrics) -> str:
+    e, late = m["early_mean_loss"], m["late_loss"]
+    return (f"long / short SE, early: quadratic {e['quadratic']['se_long']:.3f} / {e['quadratic']['se_short']:.3f}, MLP "
+            f"{e['mlp']['se_long']:.3f} / {e['mlp']['se_short']:.3f}; late: quadratic {late['quadratic']['se_long']:.3f} / "
+            f"{late['quadratic']['se_short']:.3f}, MLP {late['mlp']['se_long']:.3f} / {late['mlp']['se_short']:.3f}; "
+            f"T = 8 / 16: {m['quadratic_T8_over_T16']:.2f}, T = 32 / 16: {m['quadratic_T32_over_T16']:.2f}; linear / "
+            f"constant weights {m['linear_over_constant_sliced']:.2f} (slices), {m['linear_over_constant_whole_se']:.2f} "
+            "(whole SE)")
+
+
+def _m16(m: Metrics) -> str:
+    f = m["final_loss"]
+    return (f"quadratic final loss, median: default {f['quadratic']['default']['median']:.3f}, with rho "
+            f"{f['quadratic']['rho']['median']:.3f}, without normalisation {f['quadratic']['no_norm']['median']:.3f}; "
+            f"MLP: default {f['mlp']['default']['median']:.3f}, without rho {f['mlp']['no_rho']['median']:.3f} "
+            f"({m['mlp_no_rho_at_ln10_fraction']:.0%} at ln 10), without normalisation "
+            f"{f['mlp']['no_norm']['median']:.3f}")
+
+
 # The figure shown in a row (default: figures/NN_<the notebook's name without its number>.png).
-THUMBNAIL = {"01": "01_momentum_sweep", "02": "02_slices_1d", "04": "04_estimator_variance", "10": "10_summary",
+THUMBNAIL = {"16": "16_preprocessing_effect", "01": "01_momentum_sweep", "02": "02_slices_1d", "04": "04_estimator_variance", "10": "10_summary",
              "11": "11_momentum_modes"}
 
 # nb -> (figure, the paper's claim, measured numbers from the metrics); a row without metrics is "not yet".
@@ -187,7 +206,14 @@ ROWS: dict[str, tuple[str, str, Callable[[Metrics], str] | None]] = {
            "learning rate warms up then decays", _m13),
     "14": ("Maheswaranathan 2021 Fig. 6", "fixed points for constant gradients lie on a curve; the effective "
            "learning rate falls toward both ends", _m14),
-    "15-17": ("Schröter 2022 Fig. 7-19", "LSTM optimizer: training horizon, preprocessing, activations", None),
+    "15": ("Schröter 2022 Fig. 7, 8, 18, 19", "an LSTM optimizer trained on long super epochs is worse early and "
+           "better late (and the short-SE one rises past its length on the quadratic); T = 8 worse than T = 16 ~ 32 on "
+           "the quadratic, all T alike on the MLP; constant vs linear loss weights make little difference", _m15),
+    "16": ("Schröter 2022 Fig. 9, 10, 11", "eq. 5.2's preprocessing is one-to-one only below 1; it hurts on the "
+           "quadratic and is needed on the MLP (without it the loss sits at ln 10); meta-gradient normalisation helps "
+           "on the quadratic, makes no difference on the MLP", _m16),
+    "17": ("Schröter 2022 Fig. 12-15, 17", "LSTM optimizer over many trainings: by hidden activation, one optimizer "
+           "per layer vs shared, sign-weighted pretraining", None),
 }
 
 
