@@ -26,6 +26,7 @@ test: install data
 install: $(STAMP)
 
 check-params: install
+	python -m lopt.schema params.yaml
 	python -m lopt.config params.yaml
 
 # The claims at seeds 1 and 2 (benchmarks/results/seeds/NN.json; about 2x the repro time), then
