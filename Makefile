@@ -20,7 +20,7 @@ repro: install data check-params
 
 test: install data
 	rm -rf $(SMOKE_DIR)
-	MPLBACKEND=Agg LOPT_PROFILE=smoke LOPT_OUTPUT_DIR=$(SMOKE_DIR) \
+	MPLBACKEND=Agg LOPT_PROFILE=smoke LOPT_OUTPUT_DIR=$(SMOKE_DIR) LOPT_INPUT_DIR=$(SMOKE_DIR) \
 		python -m pytest -q -n 2 --dist loadgroup --durations=15 tests --nbval-lax notebooks/[0-9]*.ipynb
 
 install: $(STAMP)

@@ -43,7 +43,8 @@ def run_one(nb: str, seed: int, profile: str, out: Path) -> dict:
     (out / "executed").mkdir(parents=True, exist_ok=True)
     metrics = out / "figures" / f"{nb}_metrics.json"
     metrics.unlink(missing_ok=True)
-    env = {**os.environ, config.OUTPUT_ENV: str(out), "MPLBACKEND": "Agg", "TQDM_MININTERVAL": "60"}
+    env = {**os.environ, config.OUTPUT_ENV: str(out), config.INPUT_ENV: str(out), "MPLBACKEND": "Agg",
+           "TQDM_MININTERVAL": "60"}
     env.pop(config.PROFILE_ENV, None)
     start = time.perf_counter()
     proc = subprocess.run(

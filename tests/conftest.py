@@ -34,3 +34,11 @@ def output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(config.OUTPUT_ENV, str(tmp_path))
     return tmp_path
 
+
+
+@pytest.fixture(autouse=True)
+def _fresh_active_profile():
+    """config.load records the notebook's profile (it decides output_dir); no test inherits another's."""
+    config._active["profile"] = None
+    yield
+    config._active["profile"] = None

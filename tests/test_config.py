@@ -14,16 +14,11 @@ PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 @pytest.fixture
 def params_file(tmp_path: Path) -> Path:
-    """A small self-contained params.yaml (so the validation tests do not depend on the real one)."""
-    block = {
-        "learning_rate": 0.01,
-        "num_thetas": 64,
-        "steps": [10, 100],
-        "lr_sweep": {"momentum": 0.9, "lr_min": 0.0005, "lr_max": 0.02},
-    }
-    doc = {"profile": "cpu", "seed": 1, "nbA": {p: dict(block) for p in config.PROFILES}, "nbB": {p: {"n": 2} for p in config.PROFILES}}
+    """A copy of the real params.yaml with the top-level seed 1 (the tests edit it freely)."""
+    doc = config.read_params(PARAMS)
+    doc["seed"] = 1
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
@@ -41,7 +36,7 @@ def test_load_real_section_with_attribute_access():
 
 def test_unknown_profile_names_allowed_values(params_file):
     with pytest.raises(config.ConfigError) as exc:
-        config.load("nbA", "laptop", path=params_file)
+        config.load("nb01", "laptop", path=params_file)
     msg = str(exc.value)
     assert "laptop" in msg
     for name in ("smoke", "cpu", "gpu"):
@@ -49,12 +44,12 @@ def test_unknown_profile_names_allowed_values(params_file):
 
 
 def test_profile_from_environment(params_file, monkeypatch):
-    assert config.load("nbA", None, path=params_file).profile == config.DEFAULT_PROFILE
+    assert config.load("nb01", None, path=params_file).profile == config.DEFAULT_PROFILE
     monkeypatch.setenv(config.PROFILE_ENV, "smoke")
-    assert config.load("nbA", None, path=params_file).profile == "smoke"
+    assert config.load("nb01", None, path=params_file).profile == "smoke"
     assert config.resolve_profile(None) == "smoke"
     # an explicit argument wins over the environment
-    assert config.load("nbA", "gpu", path=params_file).profile == "gpu"
+    assert config.load("nb01", "gpu", path=params_file).profile == "gpu"
 
 
 def test_bad_profile_in_environment(monkeypatch):
@@ -68,7 +63,7 @@ def test_unknown_section_names_allowed_sections(params_file):
     with pytest.raises(config.ConfigError) as exc:
         config.load("nb99", "cpu", path=params_file)
     msg = str(exc.value)
-    assert "nb99" in msg and "nbA" in msg and "nbB" in msg
+    assert "nb99" in msg and "nb01" in msg and "nb13" in msg
     # the top-level scalar `profile` is not a section
     with pytest.raises(config.ConfigError):
         config.load("profile", "cpu", path=params_file)
@@ -76,16 +71,16 @@ def test_unknown_section_names_allowed_sections(params_file):
 
 def test_override_of_unknown_key(params_file):
     with pytest.raises(config.ConfigError) as exc:
-        config.load("nbA", "cpu", overrides={"num_theta": 3}, path=params_file)
+        config.load("nb01", "cpu", overrides={"num_theta": 3}, path=params_file)
     assert "num_theta" in str(exc.value)
     assert "num_thetas" in str(exc.value)  # lists the allowed keys
 
 
 def test_override_of_known_key_applies(params_file):
-    cfg = config.load("nbA", "smoke", overrides={"num_thetas": 5}, path=params_file)
+    cfg = config.load("nb01", "smoke", overrides={"num_thetas": 5}, path=params_file)
     assert cfg.num_thetas == 5
     # overrides do not leak into a fresh load
-    assert config.load("nbA", "smoke", path=params_file).num_thetas == 64
+    assert config.load("nb01", "smoke", path=params_file).num_thetas == 64
 
 
 @pytest.mark.parametrize(
@@ -99,7 +94,7 @@ def test_override_of_known_key_applies(params_file):
 )
 def test_nonpositive_counts_rejected(params_file, overrides, key):
     with pytest.raises(config.ConfigError, match=key):
-        config.load("nbA", "cpu", overrides=overrides, path=params_file)
+        config.load("nb01", "cpu", overrides=overrides, path=params_file)
 
 
 def test_nonpositive_counts_rejected_in_real_section():
@@ -117,39 +112,39 @@ def test_nonpositive_counts_rejected_in_real_section():
 )
 def test_nonpositive_rates_rejected(params_file, overrides, key):
     with pytest.raises(config.ConfigError, match=key):
-        config.load("nbA", "cpu", overrides=overrides, path=params_file)
+        config.load("nb01", "cpu", overrides=overrides, path=params_file)
 
 
 def test_nan_rejected(params_file):
-    with pytest.raises(config.ConfigError, match="NaN"):
-        config.load("nbA", "cpu", overrides={"learning_rate": float("nan")}, path=params_file)
+    with pytest.raises(config.ConfigError, match="learning_rate = nan"):
+        config.load("nb01", "cpu", overrides={"learning_rate": float("nan")}, path=params_file)
 
 
 def test_seed_zero_allowed(params_file):
-    cfg = config.load("nbA", "cpu", seed=0, path=params_file)
+    cfg = config.load("nb01", "cpu", seed=0, path=params_file)
     assert cfg.seed == 0
 
 
 def test_seed_from_argument_environment_or_file(params_file, monkeypatch):
     monkeypatch.delenv(config.SEED_ENV, raising=False)
-    assert config.load("nbA", "cpu", path=params_file).seed == 1  # the file's top-level seed
+    assert config.load("nb01", "cpu", path=params_file).seed == 1  # the file's top-level seed
     monkeypatch.setenv(config.SEED_ENV, "2")
-    assert config.load("nbA", "cpu", path=params_file).seed == 2
-    assert config.load("nbA", "cpu", seed=3, path=params_file).seed == 3  # papermill's parameter wins
+    assert config.load("nb01", "cpu", path=params_file).seed == 2
+    assert config.load("nb01", "cpu", seed=3, path=params_file).seed == 3  # papermill's parameter wins
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "x", True])
 def test_bad_seed_rejected(params_file, bad):
     with pytest.raises(config.ConfigError, match="seed"):
-        config.load("nbA", "cpu", seed=bad, path=params_file)
+        config.load("nb01", "cpu", seed=bad, path=params_file)
 
 
 def test_per_section_seed_rejected(params_file):
     doc = yaml.safe_load(params_file.read_text())
-    doc["nbA"]["cpu"]["seed"] = 0
+    doc["nb01"]["cpu"]["seed"] = 0
     params_file.write_text(yaml.safe_dump(doc))
     with pytest.raises(config.ConfigError, match="top-level"):
-        config.load("nbA", "cpu", path=params_file)
+        config.load("nb01", "cpu", path=params_file)
 
 
 def _edit(path: Path, fn) -> Path:
@@ -165,9 +160,9 @@ def _edit(path: Path, fn) -> Path:
         (lambda d: d.update(profile="gpux"), ["gpux", "smoke, cpu, gpu"]),
         (lambda d: d.pop("profile"), ["profile"]),
         (lambda d: d.update(seed=-2), ["seed"]),
-        (lambda d: d["nbA"].pop("gpu"), ["nbA", "gpu"]),
-        (lambda d: d["nbA"]["gpu"].pop("num_thetas"), ["nbA", "num_thetas"]),
-        (lambda d: d["nbB"]["smoke"].update(n=0), ["nbB.n", ">= 1"]),
+        (lambda d: d["nb01"].pop("gpu"), ["nb01", "gpu"]),
+        (lambda d: d["nb01"]["gpu"].pop("num_thetas"), ["nb01", "num_thetas"]),
+        (lambda d: d["nb13"]["smoke"].update(num_runs=0), ["nb13.smoke.num_runs", ">= 1"]),
         (lambda d: d.update(verbose=True), ["verbose"]),
     ],
 )
@@ -230,3 +225,19 @@ def test_params_yaml_sections_are_consistent():
         for profile in config.PROFILES:
             cfg = config.load(name, profile, path=PARAMS)  # validates
             assert cfg.profile == profile
+
+
+def test_load_reads_yaml_12_numbers_and_checks_every_key(params_file):
+    """Issue: `1e-1` was a string under YAML 1.1, `.inf` and unknown keys were accepted silently."""
+    text = params_file.read_text()
+    sci = text.replace("learning_rate: 0.01", "learning_rate: 1e-1", 1).replace("num_thetas: 64", "num_thetas: 1e2", 1)
+    params_file.write_text(sci)
+    cfg = config.load("nb01", "smoke", path=params_file)
+    assert cfg.learning_rate == 0.1 and cfg.num_thetas == 100 and isinstance(cfg.num_thetas, int)
+    params_file.write_text(text.replace("learning_rate: 0.01", "learning_rate: .inf", 1))
+    with pytest.raises(config.ConfigError, match="nb01.smoke.learning_rate = inf"):
+        config.load("nb01", "smoke", path=params_file)
+    params_file.write_text(text)
+    _edit(params_file, lambda d: d["nb01"]["cpu"].update(seedd=3))
+    with pytest.raises(config.ConfigError, match="unknown key 'seedd'.*seed"):
+        config.load("nb01", "cpu", path=params_file)

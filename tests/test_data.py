@@ -95,6 +95,41 @@ def test_find_raw_finds_verified_folder(tmp_path, monkeypatch):
     assert data.find_raw(search=[empty, good], url=None) == good
 
 
+def test_corrupt_copy_does_not_hide_a_good_one(tmp_path, monkeypatch, capsys):
+    """Issue: a corrupt local copy hid the good Debian copy, and `make data` repeated the error."""
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    bad.mkdir()
+    good.mkdir()
+    files = {}
+    for i, name in enumerate(["a.gz", "b.gz"]):
+        content = bytes([i]) * 10
+        (good / name).write_bytes(gzip.compress(content))
+        (bad / name).write_bytes(gzip.compress(b"flipped"))
+        files[name] = _content_sha(content)
+    monkeypatch.setattr(data, "FILES", files)
+    assert data.find_raw(search=[bad, good], url=None) == good
+    assert str(bad) in capsys.readouterr().err  # named, with the advice to delete it
+    with pytest.raises(data.DataError, match="Delete them"):
+        data.find_raw(search=[bad], url=None)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_prepared_file_names_the_file_and_the_fix(tmp_path, damage):
+    path = tmp_path / "fashion_mnist.npz"
+    rng = np.random.default_rng(0)
+    data.write_npz(path, {k: rng.integers(0, 255, (64, 8), dtype=np.uint8)
+                          for k in ("x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test")})
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    else:
+        raw[len(raw) // 3] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(data.DataError) as exc:
+        data.load_splits(path)
+    assert str(path) in str(exc.value) and "lopt.data prepare" in str(exc.value)
+
+
 def _fake_server(tmp_path: Path) -> tuple[str, dict[str, str]]:
     """A folder of fake gzipped files served through a file:// URL, and their content hashes."""
     served = tmp_path / "served"

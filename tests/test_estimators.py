@@ -13,6 +13,8 @@ with t counting post-update steps from the start of the inner run.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -216,6 +218,25 @@ def test_estimators_reject_bad_settings():
         estimators.Merged(Drift(), FAMILY, horizon=4, num_tasks=1)
     with pytest.raises(ValueError, match="truncation length"):
         estimators.ES(Drift(), FAMILY, horizon=4, length=0)
+
+
+def test_estimators_are_frozen():
+    """Estimators cache compiled kernels, so their settings cannot change after construction (a
+    changed sigma would be silently ignored); dataclasses.replace makes a new estimator instead."""
+    est = estimators.ES(Drift(), FAMILY, horizon=4, num_tasks=2)
+    state = est.init(jax.random.PRNGKey(0), THETA)
+    grad, _, _ = est.estimate(THETA, state, jax.random.PRNGKey(1))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        est.sigma = 0.5
+    assert est.sigma == estimators.DEFAULT_SIGMA
+    for other in (estimators.PES(Drift(), FAMILY, horizon=4, num_tasks=2, chunk=2),
+                  estimators.FullUnroll(Drift(), FAMILY, num_steps=4), estimators.Merged(Drift(), FAMILY, horizon=4)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            other.horizon = 8
+    wider = dataclasses.replace(est, sigma=0.5)
+    assert wider.sigma == 0.5 and wider._compiled is not est._compiled
+    grad_wider, _, _ = wider.estimate(THETA, state, jax.random.PRNGKey(1))
+    assert not np.array_equal(np.asarray(grad), np.asarray(grad_wider))
 
 
 def _lr_problem():

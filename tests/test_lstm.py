@@ -1,6 +1,7 @@
 """The coordinatewise LSTM optimizer (Andrychowicz et al. 2016 as Schröter 2022 trains it)."""
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -52,6 +53,35 @@ def test_theta_init_is_keras_and_state_starts_at_zero():
     assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(state))
     assert LSTMOptimizer(preprocessing="log_sign").init(jax.random.PRNGKey(0))["lstm"][0]["kernel"].shape == (2, 80)
 
+
+
+def _qr_operand_ranks(jaxpr) -> list[int]:
+    """Rank of the operand of every QR factorisation (``qr``, ``geqrf``) in a jaxpr, sub-jaxprs (scan, jit) included."""
+    ranks = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("qr", "geqrf"):
+            ranks.append(eqn.invars[0].aval.ndim)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            ranks += _qr_operand_ranks(sub)
+    return ranks
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_vmapped_init_factors_one_matrix_at_a_time_with_the_same_bits(per_layer):
+    """Many trainings init under vmap: a batched CPU QR deadlocked jaxlib 0.10's 2-thread pool (notebook 17), so
+    each recurrent kernel is factored alone (rank-2 operands only), bit for bit the unbatched initialiser."""
+    lstm = LSTMOptimizer(hidden=H, per_layer=per_layer, layers=("hidden", "output") if per_layer else ())
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    ranks = _qr_operand_ranks(jax.make_jaxpr(jax.vmap(jax.vmap(lstm.init)))(keys[None]).jaxpr)
+    assert ranks and set(ranks) == {2}
+    batched = jax.jit(jax.vmap(lstm.init))(keys)
+    for i, k in enumerate(keys):
+        one = jax.tree.map(lambda x: x[i], batched)
+        reference = lstm.init(k)
+        jax.tree.map(np.testing.assert_array_equal, one, reference)
+        for layer in jax.tree.leaves(one, is_leaf=lambda x: isinstance(x, dict) and "recurrent" in x):
+            r = np.asarray(layer["recurrent"])
+            np.testing.assert_allclose(r @ r.T, np.eye(r.shape[0]), atol=1e-5)
 
 def test_update_is_keras_lstm_per_coordinate_and_alpha_times_sum_of_h():
     lstm = LSTMOptimizer(hidden=H, alpha=0.01)

@@ -115,3 +115,22 @@ def test_outer_gradient_through_adam_learning_rate(quadratic):
     down = float(f({"learning_rate": theta["learning_rate"] - eps}))
     fd = (up - down) / (2 * eps)
     assert g == pytest.approx(fd, rel=1e-2)
+
+
+@pytest.mark.parametrize("name, kwargs, key", [
+    ("sgd", {"learning_rate": float("nan")}, "learning_rate"),
+    ("adam", {"learning_rate": float("inf")}, "learning_rate"),
+    ("momentum", {"learning_rate": -0.1, "beta": 0.9}, "learning_rate"),
+    ("rmsprop", {"learning_rate": 0.1, "decay": 1.5}, "decay"),
+    ("clipped_sgd", {"learning_rate": 0.1, "threshold": -1.0}, "threshold"),
+])
+def test_concrete_bad_hyperparameters_raise(name, kwargs, key):
+    """Issue: a NaN / inf / negative learning rate gave NaN losses silently."""
+    with pytest.raises(ValueError, match=f"{name}: {key}"):
+        optimizers.make(name, **kwargs)
+
+
+def test_traced_hyperparameters_are_not_checked():
+    # under jit the values are tracers (the meta-gradient path); only concrete values are checked
+    f = jax.jit(lambda lr: optimizers.sgd(lr).update({"w": jnp.ones(2)}, optimizers.sgd(lr).init({"w": jnp.ones(2)}))[0]["w"])
+    assert np.all(np.isfinite(np.asarray(f(-1.0))))

@@ -4,6 +4,8 @@ the meta-optimizer of Maheswaranathan et al. 2021 C.2 clips, decays and penalise
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import re
 
 import jax
 import jax.numpy as jnp
@@ -187,3 +189,77 @@ def test_fused_loop_skips_and_restarts_diverging_runs():
     np.testing.assert_array_equal(np.asarray(res.theta["learning_rate"]), np.asarray(theta0["learning_rate"]))
     assert bool(estimators.all_finite(res.estimator_state))
     np.testing.assert_array_equal(res.history["loss"], losses)
+
+
+def test_train_rejects_bad_arguments_before_computing():
+    """checkpoint_every and num_steps must be integers (>= 1, >= 0), theta finite and settings
+    JSON-ready; nothing is estimated before these checks."""
+    est, theta0, opt, key = Flaky(), jnp.zeros(2), optax.sgd(0.5), jax.random.PRNGKey(0)
+    for bad in (0, -1, 1.5, True, "2", None):
+        with pytest.raises(ValueError, match=rf"checkpoint_every must be an integer >= 1, got {re.escape(repr(bad))}"):
+            outer.train(est, theta0, opt, 2, key, checkpoint_every=bad, progress=False)
+    for bad in (-1, 2.5, True, "3", float("nan")):
+        with pytest.raises(ValueError, match=r"num_steps must be an integer >= 0"):
+            outer.train(est, theta0, opt, bad, key, progress=False)
+    with pytest.raises(ValueError, match=r"theta has non-finite entries \(1 of 2\)"):
+        outer.train(est, jnp.array([0.0, jnp.nan]), opt, 2, key, progress=False)
+    with pytest.raises(ValueError, match=r"theta\['b'\] has non-finite entries \(1 of 1\)"):
+        outer.train(est, {"a": jnp.zeros(2), "b": jnp.array(jnp.inf)}, opt, 2, key, progress=False)
+    with pytest.raises(ValueError, match="settings must be a JSON-ready mapping"):
+        outer.train(est, theta0, opt, 2, key, progress=False, settings={"lr": object()})
+    assert est.calls == 0
+    res = outer.train(est, theta0, opt, 2.0, key, checkpoint_every=np.int64(1), progress=False)
+    assert len(res.history["loss"]) == 2 and est.calls == 2
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    """A checkpoint resumes only the run that wrote it: the starting theta, key, estimator and
+    settings are fingerprinted, and the parts that differ are named."""
+    lopt, family = _problem()
+    est = estimators.ES(lopt, family, horizon=6, length=2, num_tasks=2)
+    theta0, opt, key, lr = lopt.init(None), outer.meta_optimizer(0.05), jax.random.PRNGKey(1), {"meta_lr": 0.05}
+    path = tmp_path / "run.npz"
+    same = dict(checkpoint=path, checkpoint_every=1, progress=False)
+    first = outer.train(est, theta0, opt, 2, key, settings=lr, **same)
+    meta = checkpoint.read_meta(path)
+    assert meta["step"] == 2 and len(meta["fingerprint"]) == 64
+    assert set(meta["fingerprint_parts"]) == {"theta0", "key", "estimator", "settings"}
+    differs = re.escape(str(path)) + r" was written by a different run \(fingerprint differs: {}\); delete it"
+    moved, wider = jax.tree.map(lambda x: x + 1e-3, theta0), dataclasses.replace(est, sigma=0.2)
+    cases = {"theta0": lambda: outer.train(est, moved, opt, 3, key, settings=lr, **same),
+             "key": lambda: outer.train(est, theta0, opt, 3, jax.random.PRNGKey(2), settings=lr, **same),
+             "estimator": lambda: outer.train(wider, theta0, opt, 3, key, settings=lr, **same),
+             "settings": lambda: outer.train(est, theta0, opt, 3, key, settings={"meta_lr": 0.1}, **same),
+             "key / settings": lambda: outer.train(est, theta0, opt, 3, jax.random.PRNGKey(2), **same)}
+    for parts, call in cases.items():
+        with pytest.raises(ValueError, match=differs.format(parts)):
+            call()
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " was written at step 2, more than num_steps 1"):
+        outer.train(est, theta0, opt, 1, key, settings=lr, **same)
+    again = outer.train(est, theta0, opt, 2, key, settings=lr, **same)  # the same run: loaded, nothing to do
+    for a, b in zip(jax.tree.leaves((first.theta, first.opt_state, first.estimator_state)),
+                    jax.tree.leaves((again.theta, again.opt_state, again.estimator_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert all(np.array_equal(first.history[k], again.history[k]) for k in first.history)
+    checkpoint.save_pytree(path, {"theta": theta0}, meta={"step": 1, "skipped": 0})  # no fingerprint
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " has no run fingerprint.*delete it"):
+        outer.train(est, theta0, opt, 3, key, settings=lr, **same)
+    np.savez(path, __treedef__=np.frombuffer(pickle.dumps(jax.tree.structure(theta0)), np.uint8))  # old format
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " stores its tree structure pickled"):
+        outer.train(est, theta0, opt, 3, key, settings=lr, **same)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf")])
+def test_non_finite_meta_learning_rate_rejected_before_compute(lr):
+    """Issue: outer.train with a NaN / inf meta learning rate returned a NaN theta."""
+    theta = {"w": jnp.ones(3)}
+
+    class Never:
+        def init(self, key, theta):
+            return None
+
+        def estimate(self, *a):
+            raise AssertionError("no estimate may run")
+
+    with pytest.raises(ValueError, match="learning rate"):
+        outer.train(Never(), theta, optax.adam(lr), 3, jax.random.PRNGKey(0), progress=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lopt import config, seeds
+from lopt import config, report, seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "figures"
@@ -49,6 +49,18 @@ def test_every_stage_has_committed_metrics_at_the_default_profile():
         assert nb in metrics, f"figures/{nb}_metrics.json missing"
         assert metrics[nb]["profile"] == config.read_params()["profile"]
         assert metrics[nb].get("seed") == config.read_params().get("seed", 0), f"{nb}: run at another seed"
+
+
+def test_dvc_metrics_are_the_short_summaries():
+    """Each stage declares its flat summary as DVC metrics (one short line per notebook in `dvc metrics show`),
+    the detail as an output, and the committed summary agrees with the detail."""
+    stages = seeds.stages(ROOT)
+    for nb, record in _metrics().items():
+        stage = stages[nb]
+        declared = [next(iter(m)) if isinstance(m, dict) else m for m in stage.get("metrics", [])]
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+        assert declared == [f"figures/{nb}_summary.json"] and f"figures/{nb}_metrics.json" in outs, nb
+        assert json.loads((FIGURES / f"{nb}_summary.json").read_text()) == report.summary(record), nb
 
 
 def test_seeds_table_is_current():
@@ -110,6 +122,14 @@ def test_fingerprint_tracks_inputs(tmp_path):
     assert seeds.fingerprint("09", "cpu", tmp_path) == before
     doc["nb09"]["cpu"]["history_steps"] += 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    assert seeds.fingerprint("09", "cpu", tmp_path) != before
+    # how the stage prints (papermill's log options) does not enter it; what it runs does
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    dvc_yaml = (ROOT / "dvc.yaml").read_text()
+    assert " --log-level INFO --log-output " in dvc_yaml
+    (tmp_path / "dvc.yaml").write_text(dvc_yaml.replace(" --log-level INFO --log-output ", " --log-level WARNING "))
+    assert seeds.fingerprint("09", "cpu", tmp_path) == before
+    (tmp_path / "dvc.yaml").write_text(dvc_yaml.replace("-k python3", "-k python3 --request-save-on-cell-execute"))
     assert seeds.fingerprint("09", "cpu", tmp_path) != before
 
 

@@ -40,6 +40,17 @@ def test_save_metrics(output_dir):
     assert m["missing"] is None and m["name"] == "sgd"
     assert record["claims"] == {"yes": True, "no": False, "int": True}
     assert all(isinstance(v, bool) for v in record["claims"].values())
+    summary = json.loads((output_dir / "figures" / "07_summary.json").read_text())
+    assert summary == {"claims_held": 2, "claims": 3, "not_reproduced": 0, "fragile": 0, "seconds": 12.35}
+
+
+def test_summary_is_flat_and_short_for_dvc_metrics(output_dir):
+    """`dvc metrics show` prints one column per key over every notebook: the same five numbers everywhere."""
+    report.save_metrics("03", "cpu", 1.0, {"curve": list(range(100)), "deep": {"a": {"b": 1}}},
+                        {"a": True, "b": False}, not_reproduced=["b"])
+    summary = json.loads((output_dir / "figures" / "03_summary.json").read_text())
+    assert list(summary) == ["claims_held", "claims", "not_reproduced", "fragile", "seconds"]
+    assert summary["not_reproduced"] == 1 and all(isinstance(v, (int, float)) for v in summary.values())
 
 
 def test_save_metrics_profile_validated(output_dir):
@@ -115,3 +126,11 @@ def test_not_reproduced_claims_are_recorded_and_reported_not_asserted(output_dir
     with pytest.raises(TypeError):
         report.save_metrics("07", "cpu", 1.0, {}, claims, not_reproduced="b")
     assert json.loads(report.save_metrics("07", "cpu", 1.0, {}, claims).read_text())["not_reproduced"] == []
+
+
+def test_save_curves_writes_a_csv_for_dvc_plots(output_dir):
+    path = report.save_curves("04", "curve", {"length": [1, 2, 4], "log10_var": np.array([0.5, np.inf, -1.0])})
+    assert path == output_dir / "figures" / "04_curve.csv"
+    assert path.read_text().splitlines() == ["length,log10_var", "1.0,0.5", "2.0,", "4.0,-1.0"]
+    with pytest.raises(ValueError, match="differ in length"):
+        report.save_curves("04", "bad", {"a": [1, 2], "b": [1]})

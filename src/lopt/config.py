@@ -7,19 +7,22 @@ with a block per profile (``smoke``, ``cpu``, ``gpu``).  A notebook asks for its
     cfg.num_steps                             # attribute access to the profile's values
 
 The seed is one top-level ``seed: 0`` shared by every notebook (``dvc exp run -S seed=1`` reruns the
-pipeline at another seed; ``benchmarks/claims_across_seeds.py`` runs several).  ``python -m lopt.config``
-validates the whole file (every section at every profile) before ``make repro`` lets DVC touch any
-output, so a bad value never deletes committed figures.
+pipeline at another seed; ``benchmarks/claims_across_seeds.py`` runs several).  Every value is checked
+against the typed schema of :mod:`lopt.schema` (types, ranges, allowed names, unknown keys rejected) when a
+notebook loads its section, and ``python -m lopt.config`` validates the whole file (every section at every
+profile, every error listed) before ``make repro`` lets DVC touch any output, so a bad value never deletes
+committed figures.  The file is read with YAML 1.2 numbers (``1e-3`` is a number, not a string).
 
-Outputs (figures, metrics, learned weights) go below :func:`output_dir`, the repository root
-unless ``$LOPT_OUTPUT_DIR`` says otherwise (the test suite sends smoke-profile outputs elsewhere
-so that they never overwrite the committed ``cpu`` results).
+Outputs (figures, metrics, learned weights) go below :func:`output_dir`: ``$LOPT_OUTPUT_DIR`` when set, else
+the repository root for the committed profile (``params.yaml``'s ``profile``) and ``.outputs/<profile>/``
+(ignored by git) for any other, so a notebook run at ``smoke`` outside DVC never overwrites the committed
+results.  Learned weights are *read* from :func:`input_dir` (``$LOPT_INPUT_DIR``, else the repository root):
+notebooks 06-07 and 11-14 find the committed weights of notebooks 05 and 10 wherever their outputs go.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,11 +33,10 @@ DEFAULT_PROFILE = "cpu"
 PROFILE_ENV = "LOPT_PROFILE"
 SEED_ENV = "LOPT_SEED"
 OUTPUT_ENV = "LOPT_OUTPUT_DIR"
+INPUT_ENV = "LOPT_INPUT_DIR"
+OTHER_PROFILES_DIR = ".outputs"
 
-# Integers must be >= 1 (step counts, sizes, sample counts) except for these names.
-_INT_MAY_BE_ZERO = re.compile(r"(^|_)(seed|offset|index|start)s?($|_)|^(train|test)_classes$")
-# Floats under these names must be > 0.
-_POSITIVE_FLOAT = re.compile(r"(^|_)(lr|learning_rate|sigma|eps|scale|temperature)s?($|_)")
+_active: dict[str, str | None] = {"profile": None}  # the profile of the last load() (a notebook's own)
 
 
 class ConfigError(ValueError):
@@ -64,9 +66,34 @@ def repo_root() -> Path:
 
 
 def output_dir() -> Path:
-    """Where figures, metrics and learned weights are written ($LOPT_OUTPUT_DIR or the root)."""
+    """Where figures, metrics and learned weights are written: $LOPT_OUTPUT_DIR, else the repository root when
+    the notebook runs at the committed profile (or loaded none), else ``.outputs/<profile>`` below the root."""
     env = os.environ.get(OUTPUT_ENV)
+    if env:
+        return Path(env).resolve()
+    root, profile = repo_root(), _active["profile"]
+    if profile is None or profile == _committed_profile(root):
+        return root
+    return root / OTHER_PROFILES_DIR / profile
+
+
+def input_dir() -> Path:
+    """Where learned weights written by other notebooks are read from: $LOPT_INPUT_DIR, else the root."""
+    env = os.environ.get(INPUT_ENV)
     return Path(env).resolve() if env else repo_root()
+
+
+def learned_path(name: str) -> Path:
+    """``data/learned/<name>`` below :func:`input_dir`: the weights notebooks 05 and 10 wrote."""
+    return input_dir() / "data" / "learned" / name
+
+
+def _committed_profile(root: Path) -> str | None:
+    try:
+        return read_params(root / "params.yaml").get("profile")
+    except ConfigError:
+        return None
+
 
 
 def resolve_profile(profile: str | None = None) -> str:
@@ -99,38 +126,23 @@ def read_params(path: str | Path | None = None) -> dict:
     path = Path(path) if path else repo_root() / "params.yaml"
     if not path.is_file():
         raise ConfigError(f"{path} not found: run from inside the repository (or pass path=)")
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    from .schema import read_yaml  # lazily: the schema imports modules that import this one
+
+    try:
+        return read_yaml(path)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
 
 
-def validate(section: str, values: Mapping[str, Any]) -> None:
-    """Check the values of one section: counts are integers >= 1, rates and scales are > 0."""
+def validate(section: str, profile: str, values: Mapping[str, Any]) -> Params:
+    """The values of one profile block checked against :mod:`lopt.schema` (returned validated, same shape);
+    raises :class:`ConfigError` listing every bad key with its value, what is allowed and the fix."""
+    from .schema import SchemaError, validate_block
 
-    def check(key: str, value: Any) -> None:
-        if isinstance(value, bool) or value is None or isinstance(value, str):
-            return
-        if isinstance(value, (list, tuple)):
-            for v in value:
-                check(key, v)
-            return
-        if isinstance(value, dict):
-            for k, v in value.items():
-                check(f"{key}.{k}", v)
-            return
-        leaf = key.rsplit(".", 1)[-1]
-        if isinstance(value, int):
-            if value < 1 and not _INT_MAY_BE_ZERO.search(leaf):
-                raise ConfigError(
-                    f"{section}.{key} = {value}: counts and sizes must be integers >= 1"
-                )
-        elif isinstance(value, float):
-            if value != value:
-                raise ConfigError(f"{section}.{key} is NaN")
-            if value <= 0 and _POSITIVE_FLOAT.search(leaf):
-                raise ConfigError(f"{section}.{key} = {value}: must be > 0")
-
-    for key, value in values.items():
-        check(key, value)
+    try:
+        return Params(validate_block(section, profile, values))
+    except SchemaError as err:
+        raise ConfigError(f"params.yaml: {err}") from None
 
 
 def load(
@@ -159,19 +171,20 @@ def load(
             f"section {section!r} has no profile {profile!r}; allowed values: {', '.join(block)}"
         )
     values = Params(block[profile] or {})
+    if "seed" in values:
+        raise ConfigError(
+            f"{section}.{profile}.seed: the seed is one top-level key of params.yaml (seed: 0), "
+            "not a per-notebook value; remove it from the section"
+        )
     for key, value in (overrides or {}).items():
         if key not in values:
             raise ConfigError(
                 f"unknown parameter {key!r} for {section}; allowed keys: {', '.join(sorted(values))}"
             )
         values[key] = value
-    validate(section, values)
-    if "seed" in values:
-        raise ConfigError(
-            f"{section}.{profile}.seed: the seed is one top-level key of params.yaml (seed: 0), "
-            "not a per-notebook value; remove it from the section"
-        )
+    values = validate(section, profile, values)
     values["profile"] = profile
+    _active["profile"] = profile
     values["seed"] = resolve_seed(seed, path)
     return values
 
@@ -183,31 +196,21 @@ def _keys(tree: Any, prefix: str = "") -> set[str]:
 
 
 def check_file(path: str | Path | None = None) -> list[str]:
-    """Validate the whole ``params.yaml``: the active profile, the seed, every notebook section at
-    every profile (same keys in each), every value.  Returns the sections; raises :class:`ConfigError`.
-    Cheap: ``make repro`` runs it before ``dvc repro`` removes any stage's outputs."""
+    """Validate the whole ``params.yaml`` against :mod:`lopt.schema`: the active profile, the seed, every
+    notebook section at every profile (same keys in each), every value.  Returns the sections; raises one
+    :class:`ConfigError` listing every problem.  Cheap: ``make repro`` runs it before ``dvc repro`` removes any
+    stage's outputs."""
+    from .schema import SchemaError, validate_params
+
     params = read_params(path)
     where = f" in {path or 'params.yaml'}"
-    if "profile" not in params:
-        raise ConfigError(f"no top-level 'profile'{where}; add e.g. profile: cpu (allowed: {', '.join(PROFILES)})")
-    if params["profile"] not in PROFILES:
-        raise ConfigError(
-            f"profile = {params['profile']!r}{where}: allowed values: {', '.join(PROFILES)}"
-        )
-    resolve_seed(params.get("seed", 0), path)  # the file's own seed, not $LOPT_SEED
-    unknown = [k for k, v in params.items() if k not in ("profile", "seed") and not isinstance(v, dict)]
-    if unknown:
-        raise ConfigError(f"unknown top-level keys {unknown}{where}: only profile, seed and notebook sections nbNN")
-    sections = [k for k, v in params.items() if isinstance(v, dict)]
+    try:
+        sections = validate_params(params)
+    except SchemaError as err:
+        n = len(err.errors)
+        raise ConfigError(f"{n} problem{'s' * (n > 1)}{where}:\n" + "\n".join(f"  - {e}" for e in err.errors)) from None
     for section in sections:
-        block = params[section]
-        missing = [p for p in PROFILES if p not in block]
-        if missing:
-            raise ConfigError(f"section {section!r} has no profile {missing}{where}: each needs {', '.join(PROFILES)}")
-        extra = [p for p in block if p not in PROFILES]
-        if extra:
-            raise ConfigError(f"section {section!r}: unknown profiles {extra}{where}; allowed: {', '.join(PROFILES)}")
-        keys = {p: _keys(block[p] or {}) for p in PROFILES}
+        keys = {p: _keys(params[section][p] or {}) for p in PROFILES}
         for p in PROFILES:
             diff = keys["cpu"] ^ keys[p]
             if diff:
@@ -215,8 +218,6 @@ def check_file(path: str | Path | None = None) -> list[str]:
                     f"section {section!r}: profiles 'cpu' and {p!r} differ in keys {sorted(diff)}{where}; "
                     "every profile needs the same keys"
                 )
-        for p in PROFILES:
-            load(section, p, seed=0, path=path)
     return sections
 
 

@@ -20,6 +20,7 @@ import shutil
 import sys
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -95,12 +96,19 @@ def find_raw(search: list[Path] | None = None, url: str | None = URL) -> Path:
     Raises :class:`DataError` (naming the fix) when none is found and the download fails.
     """
     folders = search if search is not None else [raw_dir(), DEBIAN_DIR]
+    corrupt: list[str] = []  # a corrupt copy does not hide a good one further down the list
     for folder in folders:
         if all((folder / n).is_file() for n in FILES):
             bad = [n for n in FILES if not verify(folder / n)]
-            if bad:
-                raise DataError(f"corrupt Fashion-MNIST files in {folder}: {', '.join(bad)}.\n{FIX}")
-            return folder
+            if not bad:
+                if corrupt:
+                    print(f"warning: skipped corrupt Fashion-MNIST files ({'; '.join(corrupt)}); using {folder}. "
+                          "Delete the corrupt copies.", file=sys.stderr)
+                return folder
+            corrupt.append(f"{folder}: {', '.join(bad)}")
+    if corrupt:
+        raise DataError(f"corrupt Fashion-MNIST files (their contents do not match the SHA-256 sums): "
+                        f"{'; '.join(corrupt)}. Delete them, then fix as below.\n{FIX}")
     if url:
         dest = folders[0] if folders else raw_dir()
         try:
@@ -161,8 +169,13 @@ def load_splits(path: Path | None = None) -> dict[str, np.ndarray]:
     path = path or prepared_path()
     if not path.is_file():
         raise DataError(f"{path} not found: the data stage has not run.\n{FIX}")
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            splits = {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        raise DataError(f"{path} is corrupt ({type(e).__name__}: {e}). Delete it and run "
+                        "`python -m lopt.data prepare` (or `make data`) to write it again.") from None
+    return splits
 
 
 def main(argv: list[str] | None = None) -> int:

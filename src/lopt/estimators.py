@@ -42,12 +42,16 @@ sizes of :func:`lopt.truncation.bucket`, or ``max_length``) or, with ``chunk=K``
 :mod:`lopt.chunked` as a host loop over one compiled chunk of K steps (two programs whatever the
 lengths: the choice for the jittered curriculum of sec. 4.3), e.g. ``Merged(..., chunk=10)``. Both
 stop at the episode end, min(L, T - t), and give the same estimate.
+
+Estimators are frozen dataclasses: their compiled kernels are cached on the instance, so a
+setting is changed by making a new one, ``dataclasses.replace(est, sigma=0.05)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,7 +98,7 @@ def _schedule_rng(key: Array) -> np.random.Generator:
 # estimators over truncations
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, frozen=True)
 class TruncatedEstimator(GradientEstimator):
     """Common machinery: truncated inner training, the length schedule, compiled kernels, and the
     particles -> unroll -> combine pipeline (module docstring). ``chunk``: run truncations through
@@ -113,18 +117,20 @@ class TruncatedEstimator(GradientEstimator):
 
     uses_grad = True  # whether _combine needs the particles' d loss / d theta
 
-    def __post_init__(self) -> None:
-        self.training = TruncatedTraining(self.learned_opt, self.family, int(self.horizon), self.objective, self.remat)
+    def __post_init__(self) -> None:  # frozen: fields and caches are set through object.__setattr__
+        set_ = functools.partial(object.__setattr__, self)
+        training = TruncatedTraining(self.learned_opt, self.family, int(self.horizon), self.objective, self.remat)
+        set_("training", training)
         if self.length is None:
-            self.length = int(self.horizon)
+            set_("length", int(self.horizon))
         if isinstance(self.length, (int, np.integer)) and int(self.length) < 1:
             raise ValueError(f"truncation length must be >= 1, got {self.length}")
         if self.max_length is not None and int(self.max_length) < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
         if int(self.num_tasks) < 1:
             raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
-        self._compiled: dict[int, Callable] = {}
-        self.chunked = None if self.chunk is None else ChunkedTraining(self.training, int(self.chunk))
+        set_("_compiled", {})  # compiled length -> jitted estimate
+        set_("chunked", None if self.chunk is None else ChunkedTraining(self.training, int(self.chunk)))
 
     def init(self, key: Array, theta: Theta) -> EstimatorState:
         return EstimatorState(jnp.zeros((), jnp.int32), self.training.init(theta, key, self.num_tasks))
@@ -165,7 +171,7 @@ class TruncatedEstimator(GradientEstimator):
     def _estimate_chunked(self, theta, state, key, length):
         """The estimate, the truncation run by :mod:`lopt.chunked`; the two other parts jitted once."""
         if not hasattr(self, "_chunk_fns"):
-            self._chunk_fns = (jax.jit(self._particles), jax.jit(self._combine))
+            object.__setattr__(self, "_chunk_fns", (jax.jit(self._particles), jax.jit(self._combine)))
         particles, combine = self._chunk_fns
         thetas, runs, aux = particles(theta, state, key)
         res = self.chunked.run(thetas, runs, length, grad=self.uses_grad)
@@ -181,7 +187,7 @@ class TruncatedEstimator(GradientEstimator):
         raise NotImplementedError
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, frozen=True)
 class TruncatedBPTT(TruncatedEstimator):
     """Backpropagation through one truncation from the carried inner state (module docstring):
     one particle per task, all at theta; the estimate is the mean of their gradients."""
@@ -204,7 +210,7 @@ class FullUnroll(TruncatedBPTT):
         super().__init__(learned_opt, family, num_steps, num_steps, num_tasks, objective, remat, chunk=chunk)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, frozen=True)
 class Antithetic(TruncatedEstimator):
     """Shared machinery of ES, reparameterization and merged estimates: one antithetic pair
     theta +/- sigma n per task, both started from the task's carried state (2n particles)."""
@@ -236,7 +242,7 @@ class Antithetic(TruncatedEstimator):
         return info
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, frozen=True)
 class ES(Antithetic):
     """Antithetic evolution strategies on the smoothed loss (forward passes only)."""
 
@@ -249,7 +255,7 @@ class ES(Antithetic):
         return grad, new, self._with_samples({**info, "var_es": var}, es=es)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, frozen=True)
 class Reparameterization(Antithetic):
     """The reparameterization (pathwise) gradient of the smoothed loss, on antithetic samples."""
 
@@ -260,7 +266,7 @@ class Reparameterization(Antithetic):
         return grad, new, self._with_samples({**info, "var_rp": var}, rp=rp)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, frozen=True)
 class Merged(Antithetic):
     """Inverse-variance weighting of the reparameterization and ES estimates (eq. 1). With
     ``per_coordinate``, eq. (1) per coordinate of theta, with the per-coordinate variances of the
@@ -286,7 +292,7 @@ class Merged(Antithetic):
         return grad, new, self._with_samples(info, es=es, rp=rp)
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, frozen=True)
 class PES(TruncatedEstimator):
     """Persistent evolution strategies (Vicol et al. 2021), antithetic: pair i runs theta + e and
     theta - e from its own two inner states and accumulates xi_i = sum of its perturbations e

@@ -7,7 +7,9 @@
   restarted, so theta never becomes NaN;
 - outer step ``s`` uses the key ``fold_in(key, s)``, and a checkpoint (theta, the outer-optimizer
   and estimator states, history) is written every ``checkpoint_every`` steps, so a killed run
-  resumes to the same, bit-identical result on CPU;
+  resumes to the same, bit-identical result on CPU. The checkpoint carries a fingerprint of the run
+  (the starting theta, the key, the estimator's configuration and the caller's ``settings``); a
+  checkpoint of another run, or written past ``num_steps``, is refused rather than resumed;
 - the history holds one entry per outer step: the outer-loss, the estimate's norm, whether it
   was skipped, every scalar the estimator reports (variances, lengths, ...) and what ``track``
   returns.
@@ -30,7 +32,11 @@ staircase exponential learning-rate decay, elementwise gradient clipping and an 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import operator
 from collections import defaultdict
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -173,6 +179,18 @@ def _finish(estimator: GradientEstimator, outer_opt) -> Callable:
     return cache[outer_opt]
 
 
+def _whole(name: str, value: Any, low: int) -> int:
+    """``value`` as an int, if it is an integer (or integral float, not a bool) >= ``low``."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            n = operator.index(value)
+        except TypeError:
+            n = int(value) if isinstance(value, (float, np.floating)) and float(value).is_integer() else None
+        if n is not None and n >= low:
+            return n
+    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def train(
     estimator: GradientEstimator,
     theta: Theta,
@@ -185,19 +203,48 @@ def train(
     progress: bool = True,
     track: Track | None = None,
     desc: str = "outer-training",
+    settings: Mapping[str, Any] | None = None,
 ) -> OuterResult:
     """Train ``theta`` for ``num_steps`` outer steps (module docstring); resumes from
-    ``checkpoint`` when that file exists."""
-    num_steps = int(num_steps)
-    if num_steps < 0:
-        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    ``checkpoint`` when that file exists and was written by the same run. ``settings`` (JSON-ready)
+    enters the checkpoint's fingerprint only: pass what the fingerprint cannot see, such as the
+    meta learning rate closed over by ``outer_opt``."""
+    num_steps = _whole("num_steps", num_steps, 0)
+    every = _whole("checkpoint_every", checkpoint_every, 1)
+    try:
+        settings_json = json.dumps(None if settings is None else dict(settings), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"settings must be a JSON-ready mapping (finite numbers): {e}") from e
+    host_theta = jax.device_get(theta)
+    for keys, x in jax.tree_util.tree_flatten_with_path(host_theta)[0]:
+        x = np.asarray(x)
+        bad = int(np.sum(~np.isfinite(x))) if np.issubdtype(x.dtype, np.inexact) else 0
+        if bad:
+            raise ValueError(f"theta{jax.tree_util.keystr(keys)} has non-finite entries ({bad} of {x.size}): start "
+                             "from a finite theta")
+    path = Path(checkpoint) if checkpoint else None
+    if path is not None:  # the run's fingerprint (module docstring)
+        typed = jax.dtypes.issubdtype(jnp.result_type(key), jax.dtypes.prng_key)
+        parts = ckpt.fingerprint(theta0=host_theta, key=np.asarray(jax.random.key_data(key) if typed else key),
+                                 estimator=estimator if is_dataclass(estimator) else type(estimator).__qualname__,
+                                 settings=settings_json)
     opt_state = outer_opt.init(theta)
+    probe, _ = outer_opt.update(jax.tree.map(jnp.ones_like, theta), opt_state, theta)
+    if not bool(all_finite(probe)):  # a NaN / inf meta learning rate would make theta NaN at the first step
+        raise ValueError("outer_opt turns a unit gradient into a non-finite update: check its learning rate "
+                         "(NaN or inf?) and other hyperparameters")
     est_state = estimator.init(jax.random.fold_in(key, -1 % 2**31), theta)
     history: dict[str, list[float]] = defaultdict(list)
     start, skipped = 0, 0
-    path = Path(checkpoint) if checkpoint else None
     if path is not None and path.is_file():
-        saved, meta = ckpt.load_pytree(path)
+        meta = ckpt.read_meta(path)
+        ckpt.check_fingerprint(path, meta, parts)
+        if int(meta["step"]) > num_steps:
+            raise ValueError(f"{path} was written at step {meta['step']}, more than num_steps {num_steps}; delete "
+                             "it or pass another checkpoint path")
+        like = {"theta": _restore(theta), "opt_state": opt_state, "estimator_state": est_state,
+                "history": {k: np.zeros(int(n), np.float64) for k, n in meta["history_lengths"].items()}}
+        saved, meta = ckpt.load_pytree(path, like=like)
         theta, opt_state, est_state = (_restore(saved[k]) for k in ("theta", "opt_state", "estimator_state"))
         history.update({k: list(np.asarray(v)) for k, v in saved["history"].items()})
         start, skipped = int(meta["step"]), int(meta["skipped"])
@@ -206,7 +253,6 @@ def train(
     constant = fused and isinstance(estimator.length, (int, np.integer))
     chunk = SCAN_STEPS if constant and track is None else 1
     run = _fused(estimator, outer_opt, chunk, track is not None) if fused else _finish(estimator, outer_opt)
-    every = max(1, int(checkpoint_every))
     bar = tqdm(total=num_steps, desc=desc, disable=not progress, initial=start)
     step = start
     while step < num_steps:
@@ -247,7 +293,10 @@ def train(
         if path is not None and (step % every == 0 or step == num_steps):
             tree = {"theta": theta, "opt_state": opt_state, "estimator_state": est_state,
                     "history": {k_: np.asarray(v, np.float64) for k_, v in history.items()}}
-            ckpt.save_pytree(path, tree, meta={"step": step, "skipped": skipped})
+            meta = {"step": step, "skipped": skipped, "history_lengths": {k_: len(v) for k_, v in history.items()},
+                    "fingerprint": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(),
+                    "fingerprint_parts": parts}
+            ckpt.save_pytree(path, tree, meta=meta)
     bar.close()
     hist = {k_: np.asarray(v, np.float64) for k_, v in history.items()}
     return OuterResult(theta, hist, skipped, opt_state, est_state)

@@ -163,8 +163,19 @@ def _m16(m: Metrics) -> str:
             f"{f['mlp']['no_norm']['median']:.3f}")
 
 
+def _m17(m: Metrics) -> str:
+    f, pl, pt = m["final_loss"], m["per_layer"], m["pretraining"]
+    fails = ", ".join(f"{a} {v:.0%}" for a, v in m["fail_fraction"].items())
+    return (f"failures at ln 10 over {m['num_trainings']} trainings per distribution: {fails}; median final loss "
+            f"shared / per layer: " + ", ".join(f"{a} {f['shared/' + a]['median']:.3f} / {f['per_layer/' + a]['median']:.3f}"
+                                               for a in pl)
+            + "; pretrained / plain: " + ", ".join(f"{a} {f['pretrained/' + a]['median']:.3f} / "
+                                                  f"{f['shared/' + a]['median']:.3f} (A = {v['A_pretrained_lower']:.2f})"
+                                                  for a, v in pt.items()))
+
+
 # The figure shown in a row (default: figures/NN_<the notebook's name without its number>.png).
-THUMBNAIL = {"16": "16_preprocessing_effect", "01": "01_momentum_sweep", "02": "02_slices_1d", "04": "04_estimator_variance", "10": "10_summary",
+THUMBNAIL = {"17": "17_distributions", "16": "16_preprocessing_effect", "01": "01_momentum_sweep", "02": "02_slices_1d", "04": "04_estimator_variance", "10": "10_summary",
              "11": "11_momentum_modes"}
 
 # nb -> (figure, the paper's claim, measured numbers from the metrics); a row without metrics is "not yet".
@@ -212,8 +223,9 @@ ROWS: dict[str, tuple[str, str, Callable[[Metrics], str] | None]] = {
     "16": ("Schröter 2022 Fig. 9, 10, 11", "eq. 5.2's preprocessing is one-to-one only below 1; it hurts on the "
            "quadratic and is needed on the MLP (without it the loss sits at ln 10); meta-gradient normalisation helps "
            "on the quadratic, makes no difference on the MLP", _m16),
-    "17": ("Schröter 2022 Fig. 12-15, 17", "LSTM optimizer over many trainings: by hidden activation, one optimizer "
-           "per layer vs shared, sign-weighted pretraining", None),
+    "17": ("Schröter 2022 Fig. 12-15, 17", "over many optimizer trainings, tanh always beats chance and ReLU fails "
+           "most often; one optimizer per layer is no better than one shared; sign-weighted pretraining helps ReLU and "
+           "hurts sigmoid", _m17),
 }
 
 

@@ -224,7 +224,7 @@ def slow_points_many(cell: Cell, gs: Any, seeds: Array, num_steps: int = 2000, l
                      polish: int = 20, dedup: float = 1e-3) -> list[FixedPoints]:
     """:func:`slow_points` for each input in ``gs``, in one compiled call; ``seeds`` is (S, hidden), the same
     for every g, or (G, S, hidden)."""
-    gs = np.atleast_1d(np.asarray(gs, np.float32))
+    gs = np.atleast_1d(np.asarray(gs, jnp.result_type(float)))  # float32, or float64 with jax_enable_x64
     seeds = jnp.asarray(seeds)
     seeds = jnp.broadcast_to(seeds, (len(gs), *seeds.shape)) if seeds.ndim == 2 else seeds
     pts = _minimise(cell, jnp.asarray(gs), seeds, num_steps, learning_rate, polish)
@@ -335,19 +335,25 @@ def pca(states: Any, k: int = 2) -> PCA:
 # --------------------------------------------------------------------------------------------- the trained GRUs
 
 
+TRAINED_GRUS = ("linear_regression", "rosenbrock", "two_moons", "linear_regression_momentum")  # notebook 10's
+
+
 def load_trained_gru(task: str) -> tuple[Any, Any, dict]:
     """(GRUOptimizer, theta, meta) meta-trained by notebook 10 on ``task`` (linear_regression, rosenbrock,
     two_moons, or linear_regression_momentum: the one that performs as well as momentum, App. B), read from
-    ``config.output_dir()/data/learned/gru_{task}.npz``; ``meta["task"]`` and ``meta["family"]`` name the
+    ``config.learned_path("gru_{task}.npz")``; ``meta["task"]`` and ``meta["family"]`` name the
     task family it was trained on (:func:`family`)."""
     from . import checkpoint, config
     from .learned import GRUOptimizer
 
-    path = config.output_dir() / "data" / "learned" / f"gru_{task}.npz"
+    if task not in TRAINED_GRUS:
+        raise ValueError(f"unknown trained GRU {task!r}; notebook 10 trains: {', '.join(TRAINED_GRUS)}")
+    path = config.learned_path(f"gru_{task}.npz")
     if not path.exists():
         raise FileNotFoundError(
             f"{path} is missing: the GRU weights are written by notebook 10; run "
-            "`dvc repro nb10_learned_optimizers` (or run notebooks/10_*.ipynb with the same LOPT_OUTPUT_DIR) first"
+            f"`dvc repro nb10_learned_optimizers` (or run notebooks/10_*.ipynb with LOPT_OUTPUT_DIR = "
+            f"${config.INPUT_ENV}) first"
         )
     theta, meta = checkpoint.load_pytree(path)
     return GRUOptimizer(**meta["optimizer"]), jax.tree.map(jnp.asarray, theta), meta

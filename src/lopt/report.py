@@ -5,6 +5,10 @@ Every notebook writes ``figures/NN_metrics.json`` through :func:`save_metrics`::
     {"notebook": "01", "profile": "cpu", "seconds": 42.1,
      "metrics": {...key numbers...}, "claims": {"basins_split": true, ...}}
 
+and beside it ``figures/NN_summary.json``, the same few flat numbers for every notebook (claims held of
+claims made, not reproduced, fragile, seconds): DVC's metrics, so that ``dvc metrics show`` / ``diff``
+print one short line per notebook; the detail stays in ``NN_metrics.json``.
+
 and ends with :func:`assert_claims`, which asserts every claim at the ``cpu`` and ``gpu``
 profiles and only checks that the numbers are finite at ``smoke``.
 
@@ -75,6 +79,18 @@ def metrics_path(notebook: str) -> Path:
     return config.output_dir() / "figures" / f"{notebook}_metrics.json"
 
 
+def summary_path(notebook: str) -> Path:
+    return config.output_dir() / "figures" / f"{notebook}_summary.json"
+
+
+def summary(record: Mapping[str, Any]) -> dict[str, float]:
+    """The flat headline of a metrics record (module docstring): the same keys for every notebook."""
+    claims = record["claims"]
+    return {"claims_held": sum(bool(v) for v in claims.values()), "claims": len(claims),
+            "not_reproduced": len(record["not_reproduced"]), "fragile": len(record["fragile"]),
+            "seconds": record["seconds"]}
+
+
 def save_metrics(
     notebook: str,
     profile: str,
@@ -85,7 +101,7 @@ def save_metrics(
     fragile: Sequence[str] = (),
     seed: int | None = None,
 ) -> Path:
-    """Write ``figures/<notebook>_metrics.json`` and return its path. ``not_reproduced`` names the
+    """Write ``figures/<notebook>_metrics.json`` (and its summary) and return its path. ``not_reproduced`` names the
     claims known not to reproduce at this profile, ``fragile`` those whose value depends on the seed
     (module docstring); ``seed`` is the run's seed."""
     _check_not_reproduced(claims, not_reproduced)
@@ -103,6 +119,23 @@ def save_metrics(
     path = metrics_path(notebook)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    summary_path(notebook).write_text(json.dumps(summary(record), indent=2) + "\n")
+    return path
+
+
+def save_curves(notebook: str, name: str, columns: Mapping[str, Any]) -> Path:
+    """Write ``figures/<notebook>_<name>.csv`` from equal-length columns and return its path: a curve that users
+    compare across runs (``dvc plots show`` / ``dvc plots diff``, defined in ``dvc.yaml``); a value that is not
+    finite is left empty."""
+    data = {k: np.asarray(v, np.float64).ravel() for k, v in columns.items()}
+    sizes = {k: v.size for k, v in data.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"columns of {notebook}_{name} differ in length: {sizes}")
+    path = config.output_dir() / "figures" / f"{notebook}_{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = zip(*data.values())
+    cell = lambda x: repr(float(x)) if np.isfinite(x) else ""
+    path.write_text(",".join(data) + "\n" + "".join(",".join(cell(x) for x in row) + "\n" for row in rows))
     return path
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,9 +31,13 @@ from . import config
 TABLE = Path("benchmarks") / "results" / "seeds"
 SEEDS = (0, 1, 2)
 # Left out of the fingerprint: inputs a seed run produces itself (notebook 10's GRU weights), the table itself,
-# and modules that record, plot or compare the claims without computing them.
+# modules that record, plot or compare the claims without computing them, and those that read and check the
+# parameters (config, schema: the parameter values themselves are fingerprinted, block by block).
 _NOT_FINGERPRINTED = ("data/learned/", TABLE.as_posix() + "/", "src/lopt/seeds.py", "src/lopt/report.py",
-                      "src/lopt/plotting.py")
+                      "src/lopt/plotting.py", "src/lopt/config.py", "src/lopt/schema")
+# Options of a stage's command that only route or filter the notebook's printed output (papermill's --log-output,
+# --log-level, --stdout-file, --stderr-file).
+_OUTPUT_ROUTING = re.compile(r"\s--(log-output|(log-level|stdout-file|stderr-file)\s+\S+)")
 
 
 def table_path(notebook: str | None = None, root: Path | None = None) -> Path:
@@ -52,11 +57,12 @@ def stages(root: Path | None = None) -> dict[str, dict]:
 
 
 def fingerprint(notebook: str, profile: str = "cpu", root: Path | None = None) -> str:
-    """SHA-256 over the stage's command, its dependencies' contents (not the table itself, nor inputs a
-    seed run makes itself) and its ``params.yaml`` block at ``profile``."""
+    """SHA-256 over the stage's command (without its output routing), its dependencies' contents (not the table
+    itself, nor inputs a seed run makes itself, nor :data:`_NOT_FINGERPRINTED`) and its ``params.yaml`` block at
+    ``profile``."""
     root = root or config.repo_root()
     stage = stages(root)[notebook]
-    h = hashlib.sha256(stage["cmd"].encode())
+    h = hashlib.sha256(_OUTPUT_ROUTING.sub("", stage["cmd"]).encode())
     for dep in sorted(stage.get("deps", [])):
         if dep.startswith(_NOT_FINGERPRINTED):
             continue

@@ -85,6 +85,25 @@ def _group(path: tuple) -> str:
     return str(k)
 
 
+def _orthogonal(key: Array, shape: tuple[int, int]) -> Array:
+    """``jax.nn.initializers.orthogonal()(key, shape)``, with one QR factorisation per matrix even under ``vmap``.
+
+    jaxlib 0.10's CPU QR kernel splits a batch of matrices over XLA's intra-op thread pool and blocks its pool thread
+    until the pieces finish; two batched QRs running at once on a 2-core machine (the pool has 2 threads) wait on
+    each other forever. Under ``vmap`` the matrices are therefore factored one at a time (``lax.map``): the same
+    LAPACK calls on the same matrices, so the same bits, and a batch of one runs inline.
+    """
+    @jax.custom_batching.custom_vmap
+    def one(k: Array) -> Array:
+        return jax.nn.initializers.orthogonal()(k, shape)
+
+    @one.def_vmap
+    def _batched(axis_size: int, in_batched: list[bool], k: Array) -> tuple[Array, bool]:
+        return jax.lax.map(one, k), True
+
+    return one(key)
+
+
 @dataclasses.dataclass(frozen=True)
 class LSTMOptimizer(LearnedOptimizer):
     """Coordinatewise LSTM optimizer (module docstring). A phi is ``{"lstm": [{"kernel", "recurrent", "bias"}
@@ -120,7 +139,7 @@ class LSTMOptimizer(LearnedOptimizer):
 
     def init_phi(self, key: Array) -> Phi:
         """One network, Keras's LSTM init (Glorot-uniform kernel, orthogonal recurrent kernel, forget bias 1)."""
-        glorot, orth = jax.nn.initializers.glorot_uniform(), jax.nn.initializers.orthogonal()
+        glorot, orth = jax.nn.initializers.glorot_uniform(), _orthogonal
         keys = jax.random.split(key, 2 * len(self.hidden) + 1)
         layers, n_in = [], self.num_inputs
         for i, h in enumerate(self.hidden):
