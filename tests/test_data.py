@@ -82,31 +82,31 @@ def test_find_raw_corrupt_files(tmp_path):
         data.find_raw(search=[tmp_path], url=None)
 
 
-def test_find_raw_finds_verified_folder(tmp_path, monkeypatch):
-    empty, good = tmp_path / "empty", tmp_path / "good"
-    empty.mkdir()
-    good.mkdir()
+def _raw_folders(tmp_path, monkeypatch, other: str, other_bytes: bytes | None):
+    """A verified folder ``good`` with a.gz, b.gz (registered in ``data.FILES``) and a folder ``other`` holding
+    ``other_bytes`` (gzipped) under the same names, or nothing."""
+    folders = tmp_path / other, tmp_path / "good"
+    for f in folders:
+        f.mkdir()
     files = {}
     for i, name in enumerate(["a.gz", "b.gz"]):
         content = bytes([i]) * 10
-        (good / name).write_bytes(gzip.compress(content))
+        (folders[1] / name).write_bytes(gzip.compress(content))
+        if other_bytes is not None:
+            (folders[0] / name).write_bytes(gzip.compress(other_bytes))
         files[name] = _content_sha(content)
     monkeypatch.setattr(data, "FILES", files)
+    return folders
+
+
+def test_find_raw_finds_verified_folder(tmp_path, monkeypatch):
+    empty, good = _raw_folders(tmp_path, monkeypatch, "empty", None)
     assert data.find_raw(search=[empty, good], url=None) == good
 
 
 def test_corrupt_copy_does_not_hide_a_good_one(tmp_path, monkeypatch, capsys):
     """Issue: a corrupt local copy hid the good Debian copy, and `make data` repeated the error."""
-    bad, good = tmp_path / "bad", tmp_path / "good"
-    bad.mkdir()
-    good.mkdir()
-    files = {}
-    for i, name in enumerate(["a.gz", "b.gz"]):
-        content = bytes([i]) * 10
-        (good / name).write_bytes(gzip.compress(content))
-        (bad / name).write_bytes(gzip.compress(b"flipped"))
-        files[name] = _content_sha(content)
-    monkeypatch.setattr(data, "FILES", files)
+    bad, good = _raw_folders(tmp_path, monkeypatch, "bad", b"flipped")
     assert data.find_raw(search=[bad, good], url=None) == good
     assert str(bad) in capsys.readouterr().err  # named, with the advice to delete it
     with pytest.raises(data.DataError, match="Delete them"):
