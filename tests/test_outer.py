@@ -175,6 +175,22 @@ def test_train_matches_plain_loop(name, length):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("length", [3, truncation.curriculum(2, 6, 5)])
+def test_fused_step_traces_the_estimator_once(length):
+    """Tracing, not XLA compilation, dominates small programs once the compilation cache is warm: the
+    fused outer step traces the estimator once per compiled program (its jaxpr is replayed in the
+    skip-past-the-end cond instead of tracing it a second time for the output shapes)."""
+    lopt, family = _problem()
+    est = estimators.PES(lopt, family, horizon=10, length=length, num_tasks=2)
+    calls = []
+    inner = est._estimate
+    object.__setattr__(est, "_estimate", lambda *a: (calls.append(1), inner(*a))[1])
+    res = outer.train(est, lopt.init(None), outer.meta_optimizer(0.05), 4, jax.random.PRNGKey(0), progress=False)
+    programs = sum(f._cache_size() for f in est._outer_cache.values())
+    assert programs >= 1 and len(calls) == programs
+    assert np.all(np.isfinite(res.history["loss"]))
+
+
 def test_fused_loop_skips_and_restarts_diverging_runs():
     """A learning rate so large that inner runs overflow: every estimate is non-finite, so theta
     never moves, every step is counted as skipped and the inner runs are restarted (finite state)."""

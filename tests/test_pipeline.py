@@ -166,3 +166,72 @@ def test_notebook_chains_share_an_xdist_group():
     assert groups["01"] == "notebooks/" + next((ROOT / "notebooks").glob("01_*.ipynb")).name
     assert root_conftest.group_of("tests/test_tasks.py") == "tests/test_tasks.py"
     assert "loadgroup" in (ROOT / "Makefile").read_text()
+
+
+
+def _lopt_imports(source: str, package: str) -> set[str]:
+    """The lopt modules that ``source`` (a module of ``package``) imports, as dotted names; a name imported from
+    a package's ``__init__`` (``from lopt.learned import MLPOptimizer``) resolves to the module defining it.
+    Package ``__init__`` files themselves are not followed (they re-export, and switch on the compile cache)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "lopt"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            if base.split(".")[0] != "lopt":
+                continue
+            for alias in node.names:
+                if _module_file(f"{base}.{alias.name}") is not None:
+                    found.add(f"{base}.{alias.name}")
+                elif (ROOT / "src" / Path(*base.split(".")) / "__init__.py").is_file():
+                    init = ROOT / "src" / Path(*base.split(".")) / "__init__.py"
+                    found |= {m for m in _lopt_imports(init.read_text(), base) if _defines(m, alias.name)}
+                else:
+                    found.add(base)
+    return found
+
+
+def _defines(module: str, name: str) -> bool:
+    path = _module_file(module)
+    return path is not None and path.name != "__init__.py" and (
+        f"class {name}" in path.read_text() or f"def {name}" in path.read_text() or f"\n{name} =" in path.read_text())
+
+
+def _module_file(name: str) -> Path | None:
+    path = ROOT / "src" / Path(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_stage_deps_cover_every_library_module_its_notebook_imports():
+    """DVC reruns a stage when one of its deps changes: every lopt module its notebook imports, directly or
+    through other lopt modules, must be a dep (a file, or a folder above it), or a change to it would leave
+    the committed results stale without ``dvc status`` noticing."""
+    missing = {}
+    for number, stage in seeds.stages(ROOT).items():
+        notebook = next(ROOT.glob(f"notebooks/{number}_*.ipynb"))
+        cells = json.loads(notebook.read_text())["cells"]
+        source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        source = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        todo, files = list(_lopt_imports(source, "lopt")), set()
+        while todo:
+            path = _module_file(todo.pop())
+            if path is None or path.name == "__init__.py" or path in files:
+                continue
+            files.add(path)
+            package = ".".join(path.relative_to(ROOT / "src").parts[:-1])
+            if package != "lopt.schema":  # (a dep as a folder) it imports allowed values, not results
+                todo += _lopt_imports(path.read_text(), package)
+        deps = [ROOT / d for d in stage["deps"]]
+        uncovered = sorted(str(f.relative_to(ROOT)) for f in files if not any(f == d or d in f.parents for d in deps))
+        if uncovered:
+            missing[number] = uncovered
+    assert not missing, f"stage deps missing in dvc.yaml (add them): {missing}"

@@ -159,6 +159,54 @@ def test_train_and_select_keeps_best_scored_theta_and_matches_plain_training():
     np.testing.assert_array_equal(np.asarray(res.theta["learning_rate"]), np.asarray(plain.theta["learning_rate"]))
 
 
+
+def test_train_and_select_resumes_a_killed_run_to_the_same_selection(tmp_path):
+    """With a checkpoint path, a run killed after its second pause resumes there (pauses kept on disk) and ends
+    with the same scores, thetas and result as an uninterrupted run; the files go once it completes; a checkpoint of
+    another run (another meta learning rate in ``settings``) is discarded and the run starts over."""
+    from lopt import estimators, outer
+    from lopt.optimizers import Hyperparameters
+
+    hp = Hyperparameters("sgd", {"learning_rate": 0.05}, log=("learning_rate",))
+    est = estimators.FullUnroll(hp, IsotropicQuadratics(), num_steps=5, num_tasks=2)
+    opt, key = outer.meta_optimizer(0.3), jax.random.PRNGKey(0)
+    score = lambda theta: abs(float(np.exp(theta["learning_rate"])) - 0.2)
+    kw = dict(every=3, progress=False, settings={"meta_lr": 0.3})
+    plain = tuning.train_and_select(est, hp.init(), opt, 8, key, score=score, **kw)
+
+    class Killed(Exception):
+        pass
+
+    calls = []
+
+    def dies_at_second_pause(theta):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return score(theta)
+
+    path = tmp_path / "ckpt" / "10_task.npz"
+    with pytest.raises(Killed):
+        tuning.train_and_select(est, hp.init(), opt, 8, key, score=dies_at_second_pause, checkpoint=path, **kw)
+    assert path.is_file() and (tmp_path / "ckpt" / "10_task.pauses.npz").is_file()
+    resumed = tuning.train_and_select(est, hp.init(), opt, 8, key, score=score, checkpoint=path, **kw)
+    assert resumed.steps.tolist() == plain.steps.tolist() == [3, 6, 8]
+    np.testing.assert_array_equal(resumed.scores, plain.scores)
+    for a, b in zip(resumed.thetas, plain.thetas):
+        np.testing.assert_array_equal(np.asarray(a["learning_rate"]), np.asarray(b["learning_rate"]))
+    np.testing.assert_array_equal(np.asarray(resumed.result.theta["learning_rate"]),
+                                  np.asarray(plain.result.theta["learning_rate"]))
+    assert not path.exists() and not list((tmp_path / "ckpt").iterdir())
+    # another run's leftovers: discarded, the run starts over and gives its own result
+    calls.clear()
+    with pytest.raises(Killed):
+        tuning.train_and_select(est, hp.init(), opt, 8, key, score=dies_at_second_pause, checkpoint=path, **kw)
+    other = tuning.train_and_select(est, hp.init(), outer.meta_optimizer(0.1), 8, key, score=score, checkpoint=path,
+                                    every=3, progress=False, settings={"meta_lr": 0.1})
+    fresh = tuning.train_and_select(est, hp.init(), outer.meta_optimizer(0.1), 8, key, score=score, every=3,
+                                    progress=False, settings={"meta_lr": 0.1})
+    np.testing.assert_array_equal(other.scores, fresh.scores)
+
 def test_loss_floors_bound_the_curves_of_the_same_problems():
     fam = tasks.LinearRegressionFamily(dim=4, num_data=8)
     key = jax.random.PRNGKey(3)

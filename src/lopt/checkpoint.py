@@ -247,15 +247,19 @@ def fingerprint(**parts: Any) -> dict[str, str]:
     return {name: one(x) for name, x in parts.items()}
 
 
+class StaleCheckpoint(ValueError):
+    """A checkpoint that belongs to another run (its fingerprint differs) or is past the requested end."""
+
+
 def check_fingerprint(path: str | Path, meta: dict, parts: dict[str, str]) -> None:
     """ValueError unless ``meta["fingerprint_parts"]`` (as stored beside a checkpoint) equals
     ``parts`` (:func:`fingerprint` of the run about to resume), naming the parts that differ."""
     advice = "delete it or pass another checkpoint path"
     stored = meta.get("fingerprint_parts")
     if not isinstance(stored, dict):
-        raise ValueError(f"{path} has no run fingerprint (written by an older lopt), so it cannot be checked to "
+        raise StaleCheckpoint(f"{path} has no run fingerprint (written by an older lopt), so it cannot be checked to "
                          f"belong to this run; {advice}")
     differ = [k for k in parts if stored.get(k) != parts[k]]
     if differ:
-        raise ValueError(f"{path} was written by a different run (fingerprint differs: {' / '.join(differ)}); "
+        raise StaleCheckpoint(f"{path} was written by a different run (fingerprint differs: {' / '.join(differ)}); "
                          f"{advice}")

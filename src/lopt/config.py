@@ -83,6 +83,12 @@ def input_dir() -> Path:
     return Path(env).resolve() if env else repo_root()
 
 
+def checkpoint_path(name: str) -> Path:
+    """``.checkpoints/<name>`` below :func:`output_dir` (ignored by git and DVC): a long run's checkpoint, kept while
+    it runs so that a killed pipeline resumes it."""
+    return output_dir() / ".checkpoints" / name
+
+
 def learned_path(name: str) -> Path:
     """``data/learned/<name>`` below :func:`input_dir`: the weights notebooks 05 and 10 wrote."""
     return input_dir() / "data" / "learned" / name

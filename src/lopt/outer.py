@@ -149,15 +149,18 @@ def _fused(estimator: TruncatedEstimator, outer_opt, chunk: int, with_aux: bool)
         return (new_theta, new_opt, est_state), (_row(grad, ok, info), grad, info)
 
     def run(theta, opt_state, est_state, key, start, n, size, active):
-        step = lambda carry, i: one(carry, i, size, active, key, start)
-        carry = (theta, opt_state, est_state)
-        shapes = jax.eval_shape(step, carry, 0)[1]
-        zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
         def body(carry, i):  # steps past n leave everything unchanged
-            return jax.lax.cond(i < n, lambda: step(carry, i), lambda: (carry, zeros()))
+            # the step is traced once (tracing, not compiling, dominates small programs): its jaxpr gives the
+            # output shapes for the skip branch and is replayed in the cond
+            args = (carry, i, active, key, start)
+            step = jax.make_jaxpr(lambda *a: one(a[0], a[1], size, *a[2:]), return_shape=True)
+            closed, shapes = step(*args)
+            replay = lambda: jax.tree.unflatten(jax.tree.structure(shapes), jax.core.eval_jaxpr(
+                closed.jaxpr, closed.consts, *jax.tree.leaves(args)))
+            zeros = lambda: (carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[1]))
+            return jax.lax.cond(i < n, replay, zeros)
 
-        carry, (rows, grads, infos) = jax.lax.scan(body, carry, jnp.arange(chunk))
+        carry, (rows, grads, infos) = jax.lax.scan(body, (theta, opt_state, est_state), jnp.arange(chunk))
         if with_aux:
             return (*carry, rows, jax.tree.map(lambda x: x[-1], (grads, infos)))
         return (*carry, rows)
@@ -240,7 +243,7 @@ def train(
         meta = ckpt.read_meta(path)
         ckpt.check_fingerprint(path, meta, parts)
         if int(meta["step"]) > num_steps:
-            raise ValueError(f"{path} was written at step {meta['step']}, more than num_steps {num_steps}; delete "
+            raise ckpt.StaleCheckpoint(f"{path} was written at step {meta['step']}, more than num_steps {num_steps}; delete "
                              "it or pass another checkpoint path")
         like = {"theta": _restore(theta), "opt_state": opt_state, "estimator_state": est_state,
                 "history": {k: np.zeros(int(n), np.float64) for k, n in meta["history_lengths"].items()}}

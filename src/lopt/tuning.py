@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import checkpoint as ckpt
 from . import outer
 from .optimizers import Hyperparameters, LearnedOptimizer
 from .tasks import LinearRegressionFamily, TaskFamily
@@ -194,30 +195,79 @@ class Selection(NamedTuple):
 def train_and_select(
     estimator: Any, theta: Any, outer_opt: Any, num_steps: int, key: Array, *, every: int,
     score: Callable[[Any], float], desc: str = "outer-training", progress: bool = True,
+    checkpoint: str | Path | None = None, settings: Mapping[str, Any] | None = None,
 ) -> Selection:
     """:func:`lopt.outer.train` for ``num_steps`` outer steps, paused every ``every`` steps (it resumes
     bit-identically from its checkpoint) to score theta with ``score`` (say, the mean meta-objective on
     validation problems); a non-finite score counts as inf. Returns the full run, the theta with the
     lowest score, and the score, outer step and theta of every pause. The paper keeps the best performing
     learned optimizer per task (C.2); meta-training through long unrolls can blow up late (Metz et al.
-    2019), and the selection keeps the optimizer from before."""
+    2019), and the selection keeps the optimizer from before.
+
+    With ``checkpoint`` (a path), the run and its pauses are kept there while it runs, so a killed run resumes
+    where it stopped with the same result; a checkpoint of another run (``settings`` enters its fingerprint, as in
+    :func:`lopt.outer.train`) is discarded and the run starts over; the files are removed once the run completes.
+    Without it, a temporary folder is used."""
     if int(every) < 1:
         raise ValueError(f"every must be >= 1, got {every}")
+    if checkpoint is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return _train_and_select(estimator, theta, outer_opt, num_steps, key, every, score, desc, progress,
+                                     Path(tmp) / "outer.npz", settings)
+    path = Path(checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out = _train_and_select(estimator, theta, outer_opt, num_steps, key, every, score, desc, progress, path,
+                                settings)
+    except ckpt.StaleCheckpoint as err:
+        print(f"{err}: discarded, starting over")
+        _remove(path)
+        out = _train_and_select(estimator, theta, outer_opt, num_steps, key, every, score, desc, progress, path,
+                                settings)
+    _remove(path)
+    return out
+
+
+def _pauses_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".pauses.npz")
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _pauses_path(path).unlink(missing_ok=True)
+
+
+def _train_and_select(estimator, theta, outer_opt, num_steps, key, every, score, desc, progress, path, settings):
+    every, num_steps = int(every), int(num_steps)
     scores, steps, thetas, result = [], [], [], None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "outer.npz"
-        for stop in range(int(every), int(num_steps) + int(every), int(every)):
-            stop = min(stop, int(num_steps))
-            result = outer.train(estimator, theta, outer_opt, stop, key, checkpoint=path, checkpoint_every=int(every),
-                                 progress=progress, desc=desc)
-            value = float(score(result.theta))
-            scores.append(value if np.isfinite(value) else np.inf)
-            steps.append(stop)
-            thetas.append(result.theta)
-            if stop == int(num_steps):
-                break
-    scores = np.asarray(scores)
-    return Selection(result, scores, np.asarray(steps), thetas)
+    pauses = _pauses_path(path)
+    if pauses.is_file() and path.is_file():  # a killed run: its pauses so far (outer.train checks the run itself)
+        meta = ckpt.read_meta(pauses)
+        n = int(meta["pauses"])
+        like = {"scores": np.zeros(n), "steps": np.zeros(n, np.int64),
+                "thetas": jax.tree.map(lambda x: np.zeros((n, *np.shape(x)), np.asarray(x).dtype), theta)}
+        saved, _ = ckpt.load_pytree(pauses, like=like)
+        scores, steps = [float(x) for x in saved["scores"]], [int(x) for x in saved["steps"]]
+        thetas = [jax.tree.map(lambda x, i=i: jnp.asarray(x[i]), saved["thetas"]) for i in range(n)]
+        print(f"resuming {desc} from {path} (pauses at outer steps {steps})")
+    first = (steps[-1] + every) if steps else every
+    for stop in range(first, num_steps + every, every):
+        stop = min(stop, num_steps)
+        result = outer.train(estimator, theta, outer_opt, stop, key, checkpoint=path, checkpoint_every=every,
+                             progress=progress, desc=desc, settings=settings)
+        value = float(score(result.theta))
+        scores.append(value if np.isfinite(value) else np.inf)
+        steps.append(stop)
+        thetas.append(result.theta)
+        tree = {"scores": np.asarray(scores, np.float64), "steps": np.asarray(steps, np.int64),
+                "thetas": jax.tree.map(lambda *x: np.stack([np.asarray(y) for y in x]), *thetas)}
+        ckpt.save_pytree(pauses, tree, meta={"pauses": len(steps)})
+        if stop == num_steps:
+            break
+    if result is None:  # every pause was already done: the run's end state from its checkpoint
+        result = outer.train(estimator, theta, outer_opt, num_steps, key, checkpoint=path, checkpoint_every=every,
+                             progress=False, desc=desc, settings=settings)
+    return Selection(result, np.asarray(scores), np.asarray(steps), thetas)
 
 
 def evaluate(

@@ -175,32 +175,11 @@ def _cross_sections(ok: dict[tuple[str, str], dict]) -> list[str]:
     return errors
 
 
-def _read_as_strings(new: Any, old: Any, where: str = "") -> list[str]:
-    """Where PyYAML's YAML 1.1 reading (``old``) has a string and :func:`read_yaml` a number (``1e-3``)."""
-    if isinstance(new, Mapping) and isinstance(old, Mapping):
-        return [e for k in new if k in old for e in _read_as_strings(new[k], old[k], f"{where}.{k}" if where else str(k))]
-    if isinstance(new, list) and isinstance(old, list):
-        return [e for i, (a, b) in enumerate(zip(new, old)) for e in _read_as_strings(a, b, f"{where}[{i}]")]
-    if isinstance(old, str) and isinstance(new, (int, float)) and not isinstance(new, bool):
-        return [f"{where} = {old}: lopt.config.load still reads params.yaml with PyYAML's YAML 1.1 rules, which make "
-                f"this the string {old!r}; write it with a dot and a signed exponent, e.g. {float(new):.1e}"]
-    return []
-
-
 def validate_file(path: str | Path) -> list[str]:
-    """Validate the whole file: the top level, every section at every profile, the rules between sections, and
-    numbers that the notebooks' loader (``yaml.safe_load``) would read as strings. Returns the section names; raises
-    one :class:`SchemaError` listing every problem found."""
-    params = read_yaml(path)
-    with open(path) as f:
-        strings = _read_as_strings(params, yaml.safe_load(f) or {})
-    try:
-        sections = validate_params(params)
-    except SchemaError as err:
-        raise SchemaError(strings + err.errors) from None
-    if strings:
-        raise SchemaError(strings)
-    return sections
+    """Validate the whole file, read as :func:`read_yaml` (YAML 1.2 numbers, as ``lopt.config.load`` reads it): the
+    top level, every section at every profile, the rules between sections. Returns the section names; raises one
+    :class:`SchemaError` listing every problem found."""
+    return validate_params(read_yaml(path))
 
 
 def validate_params(params: Mapping[str, Any]) -> list[str]:
