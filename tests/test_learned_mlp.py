@@ -58,6 +58,15 @@ def test_outer_gradient_is_finite_and_matches_finite_differences():
     np.testing.assert_allclose((plus - minus) / (2 * eps), directional, rtol=5e-2)
 
 
+def test_state_keeps_each_moving_average_as_its_own_array():
+    # per tensor a tuple of len(decays) arrays shaped like it: the update reads each contiguously
+    lopt = MLPOptimizer()
+    state = lopt.opt_fn(lopt.init(jax.random.PRNGKey(0))).init({"w": jnp.zeros((3, 2)), "s": jnp.zeros(())})
+    for name, shape in (("w", (3, 2)), ("s", ())):
+        assert isinstance(state.emas[name], tuple) and len(state.emas[name]) == len(lopt.decays)
+        assert all(m.shape == shape for m in state.emas[name])
+
+
 def test_update_requires_params():
     lopt = MLPOptimizer()
     opt = lopt.opt_fn(lopt.init(jax.random.PRNGKey(0)))
@@ -68,8 +77,10 @@ def test_update_requires_params():
 
 def _reference_update(lopt, theta, grads, params, emas, step):
     """The module docstring's formula, written out directly: per tensor, concatenate the inputs,
-    divide each by its RMS over the tensor, append tanh(t / s - 1), apply the MLP."""
+    divide each by its RMS over the tensor, append tanh(t / s - 1), apply the MLP. ``emas`` as the
+    optimizer's state keeps them (per tensor a tuple of arrays); stacked here on a last axis."""
     decays = jnp.asarray(lopt.decays)
+    emas = jax.tree.map(lambda m: jnp.stack(m, axis=-1), emas, is_leaf=lambda x: isinstance(x, tuple))
     new_emas = jax.tree.map(lambda m, g: decays * m + (1.0 - decays) * g[..., None], emas, grads)
 
     def one(g, p, m):
@@ -83,7 +94,8 @@ def _reference_update(lopt, theta, grads, params, emas, step):
         out = h @ theta["w2"] + theta["b2"]
         return (lopt.step_mult * out[:, 0] * jnp.exp(lopt.exp_mult * out[:, 1])).reshape(g.shape)
 
-    return jax.tree.map(one, grads, params, new_emas), new_emas
+    unstack = lambda m: tuple(m[..., k] for k in range(len(lopt.decays)))  # noqa: E731
+    return jax.tree.map(one, grads, params, new_emas), jax.tree.map(unstack, new_emas)
 
 
 _SHAPES = {"w": (6, 5), "b": (5,), "s": (), "k": (3, 3, 2, 4)}
@@ -110,10 +122,11 @@ def test_update_matches_reference_formula(kw):
     params = _tree(jax.random.PRNGKey(4))
     state = opt.init(params)
     emas = state.emas
+    reference = jax.jit(lambda *a: _reference_update(lopt, theta, *a))
     for i in range(3):
         grads = _tree(jax.random.PRNGKey(10 + i), scale=10.0 ** (i - 1))
         updates, state = jax.jit(opt.update)(grads, state, params)
-        ref_updates, emas = _reference_update(lopt, theta, grads, params, emas, float(i))
+        ref_updates, emas = reference(grads, params, emas, float(i))
         for n in _SHAPES:
             assert updates[n].shape == _SHAPES[n]
             scale = float(jnp.max(jnp.abs(ref_updates[n])))  # atol: cancellation in the output layer
@@ -146,6 +159,6 @@ def test_theta_gradient_matches_reference_formula(kw):
     ref = lambda theta, *a: _reference_update(lopt, theta, *a)  # noqa: E731
     theta = _theta(lopt, jax.random.PRNGKey(5))
     g_new = jax.jit(jax.grad(lambda th: loss(th, new)))(theta)
-    g_ref = jax.grad(lambda th: loss(th, ref))(theta)
+    g_ref = jax.jit(jax.grad(lambda th: loss(th, ref)))(theta)
     for n in theta:
         np.testing.assert_allclose(g_new[n], g_ref[n], rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(g_ref[n]))))

@@ -206,6 +206,16 @@ def test_train_and_select_resumes_a_killed_run_to_the_same_selection(tmp_path):
     fresh = tuning.train_and_select(est, hp.init(), outer.meta_optimizer(0.1), 8, key, score=score, every=3,
                                     progress=False, settings={"meta_lr": 0.1})
     np.testing.assert_array_equal(other.scores, fresh.scores)
+    # leftovers of a run whose theta has another shape (its pauses cannot be read as this run's): discarded too
+    calls.clear()
+    with pytest.raises(Killed):
+        tuning.train_and_select(est, hp.init(), opt, 8, key, score=dies_at_second_pause, checkpoint=path, **kw)
+    hp2 = Hyperparameters("momentum", {"learning_rate": 0.05, "beta": 0.5}, log=("learning_rate",))
+    est2 = estimators.FullUnroll(hp2, IsotropicQuadratics(), num_steps=5, num_tasks=2)
+    other = tuning.train_and_select(est2, hp2.init(), opt, 8, key, score=score, checkpoint=path, **kw)
+    fresh = tuning.train_and_select(est2, hp2.init(), opt, 8, key, score=score, **kw)
+    np.testing.assert_array_equal(other.scores, fresh.scores)
+    assert not path.exists()
 
 def test_loss_floors_bound_the_curves_of_the_same_problems():
     fam = tasks.LinearRegressionFamily(dim=4, num_data=8)

@@ -246,7 +246,10 @@ def _train_and_select(estimator, theta, outer_opt, num_steps, key, every, score,
         n = int(meta["pauses"])
         like = {"scores": np.zeros(n), "steps": np.zeros(n, np.int64),
                 "thetas": jax.tree.map(lambda x: np.zeros((n, *np.shape(x)), np.asarray(x).dtype), theta)}
-        saved, _ = ckpt.load_pytree(pauses, like=like)
+        try:
+            saved, _ = ckpt.load_pytree(pauses, like=like)
+        except ValueError as err:  # thetas of another shape or structure: another run's pauses
+            raise ckpt.StaleCheckpoint(f"{pauses} belongs to another run ({err})") from err
         scores, steps = [float(x) for x in saved["scores"]], [int(x) for x in saved["steps"]]
         thetas = [jax.tree.map(lambda x, i=i: jnp.asarray(x[i]), saved["thetas"]) for i in range(n)]
         print(f"resuming {desc} from {path} (pauses at outer steps {steps})")
