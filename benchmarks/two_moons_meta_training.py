@@ -8,7 +8,7 @@ configuration is timed as ``train(N + 2 steps) - train(2 steps)`` over N outer s
 compiles (its seconds reported; lopt's persistent compilation cache is switched off); configurations alternate
 over repeats in one process so that load on the shared machine hits them alike.
 
-    .venv/bin/python benchmarks/two_moons_meta_training.py           # ~4 min on 2 cores
+    .venv/bin/python benchmarks/two_moons_meta_training.py           # ~5 min on 2 cores
     .venv/bin/python benchmarks/two_moons_meta_training.py --quick   # smoke run (not for reporting)
 
 Writes a table to stdout and JSON to ``benchmarks/results/two_moons_meta_training.json``.
