@@ -3,8 +3,8 @@
 The setting of notebook 10's ``two_moons`` task: a per-parameter GRU optimizer (``lopt.learned.GRUOptimizer``)
 meta-trained by ``lopt.estimators.FullUnroll`` through 200-step unrolls of a tanh MLP on two moons, 4 problems
 per outer step, with ``lopt.outer.train`` and notebook 10's meta-optimizer settings. Varied: the MLP's hidden
-layers (the ``cpu`` profile's 3x16 and the paper's 3x64) and rematerialisation of the unroll (``remat``). Each
-configuration is timed as ``train(N + 2 steps) - train(2 steps)`` over N outer steps, after a first call that
+layers (3x16, the ``cpu`` profile's until it moved to the paper's 3x64, and 3x64) and rematerialisation of the
+unroll (``remat``). Each configuration is timed as ``train(N + 2 steps) - train(2 steps)`` over N outer steps, after a first call that
 compiles (its seconds reported; lopt's persistent compilation cache is switched off); configurations alternate
 over repeats in one process so that load on the shared machine hits them alike.
 

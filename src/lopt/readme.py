@@ -83,7 +83,8 @@ def _m10(m: Metrics) -> str:
         diff, se = r["learned_minus_best_baseline"]
         parts.append(f"{NAMES[t]} GRU {r['learned'][0]:.4f} vs tuned {best} {r[best][0]:.4f} "
                      f"(paired {diff:+.4f} ± {se:.4f})")
-    return "mean final loss on 64 held-out problems: " + "; ".join(parts)
+    return ("meta-objective (training loss averaged over the 200-step unroll), mean over 64 held-out problems: "
+            + "; ".join(parts))
 
 
 def _m11(m: Metrics) -> str:
