@@ -77,47 +77,6 @@ def test_fixed_point_finder_finds_known_fixed_points():
     assert len(recurrent.fixed_points(lambda h, g: h + 1.0 + g, 0.0, seeds[:4], num_steps=10).points) == 0
 
 
-def test_reduced_single_mode_optimizer_of_a_one_mode_system_equals_the_full_one():
-    # three-dimensional linear system in which only the slow mode is driven and read out
-    p = _random_basis(3, seed=1)
-    betas = np.array([0.8, 0.3, -0.1])
-    jac = p @ np.diag(betas) @ np.linalg.inv(p)
-    b = p @ np.array([1.0, 0.0, 0.0])
-    w = -0.2 * np.linalg.inv(p)[0]
-    cell, readout = _linear(jac, b, w)
-    h0 = jnp.asarray(p @ np.array([0.5, 0.0, 0.0]), jnp.float32)
-    m = recurrent.modes(cell, readout, jnp.zeros(3))
-    full = recurrent.as_optimizer(cell, readout, h0)
-    reduced = recurrent.reduced_optimizer(m, readout, h0, keep=0)
-    task = tasks.Quadratic.from_eigenvalues(jax.random.PRNGKey(2), [0.3, 1.0, 3.0])
-    a = unroll.unroll(task, full, unroll.init_state(task, full, None), None, 40)
-    r = unroll.unroll(task, reduced, unroll.init_state(task, reduced, None), None, 40)
-    np.testing.assert_allclose(r.losses, a.losses, rtol=1e-4)
-    # keeping a mode that carries nothing changes nothing either; dropping the slow mode does
-    r2 = recurrent.reduced_optimizer(m, readout, h0, keep=[0, 1])
-    r2 = unroll.unroll(task, r2, unroll.init_state(task, r2, None), None, 40)
-    np.testing.assert_allclose(r2.losses, a.losses, rtol=1e-4)
-    r3 = recurrent.reduced_optimizer(m, readout, h0, keep=1)
-    r3 = unroll.unroll(task, r3, unroll.init_state(task, r3, None), None, 40)
-    assert float(r3.losses[-1]) == pytest.approx(float(r3.losses[0]))
-
-
-def test_complex_mode_pair_reduction_is_real_and_exact():
-    # a rotation-with-decay (damped oscillation) is one complex-conjugate pair: reducing to either
-    # member reproduces the full system
-    rho, phi = 0.9, 0.4
-    jac = rho * np.array([[np.cos(phi), -np.sin(phi)], [np.sin(phi), np.cos(phi)]])
-    cell, readout = _linear(jac, np.array([1.0, 0.0]), np.array([-0.1, 0.05]))
-    m = recurrent.modes(cell, readout, jnp.zeros(2))
-    np.testing.assert_allclose(np.abs(m.eigenvalues), rho, rtol=1e-6)
-    task = tasks.Quadratic.from_eigenvalues(jax.random.PRNGKey(3), [0.5, 1.5])
-    full = recurrent.as_optimizer(cell, readout, jnp.zeros(2))
-    red = recurrent.reduced_optimizer(m, readout, jnp.zeros(2), keep=0)
-    a = unroll.unroll(task, full, unroll.init_state(task, full, None), None, 30)
-    r = unroll.unroll(task, red, unroll.init_state(task, red, None), None, 30)
-    np.testing.assert_allclose(r.losses, a.losses, rtol=1e-4)
-
-
 def test_update_function_effective_lr_and_autonomous_dynamics():
     # RMSProp-like recurrent optimizer: state nu, h' = 0.5 h + 1 (relaxes to 2), update -g / h
     cell = lambda h, g: 0.5 * h + 1.0 + 0.0 * g
@@ -204,27 +163,6 @@ def test_loss_curves_are_the_unroll_losses_of_each_problem():
     ref = unroll.unroll(task, opt, unroll.init_state(task, opt, k_init), None, 7).losses
     assert curves.shape == (3, 7)
     np.testing.assert_allclose(curves[1], ref, rtol=1e-6)
-
-
-def test_along_direction_tells_a_momentum_like_offset_from_a_slope_change():
-    # state h = (velocity v, gain k); update at gradient g: -(v + (0.1 + k) g). Along v a pure offset (momentum's
-    # velocity, Fig. 2c); along k a change of slope only.
-    cell = lambda h, g: jnp.stack([h[0] + (0.1 + h[1]) * g, h[1]])
-    readout = lambda h: -h[0]
-    shifts, grads = np.linspace(-0.5, 0.5, 5), np.linspace(-1.0, 1.0, 41)
-    v = recurrent.along_direction(cell, readout, jnp.zeros(2), [2.0, 0.0], shifts, grads)  # any length: normalised
-    k = recurrent.along_direction(cell, readout, jnp.array([0.0, 1.0]), [0.0, 1.0], shifts, grads)
-    assert v["monotone"] and v["offset_range"] == pytest.approx(1.0, rel=1e-5) and v["slope_rel_range"] < 1e-6
-    np.testing.assert_allclose(v["eff_lr"], 0.1, rtol=1e-5)
-    assert k["offset_range"] < 1e-6 and k["slope_rel_range"] == pytest.approx(1.0 / 1.1, rel=1e-4)
-    assert v["momentum_likeness"] > 1e3 * k["momentum_likeness"]
-
-
-def test_separation_of_the_slowest_mode():
-    assert recurrent.separation([0.9, 0.6, 0.59, 0.59, 0.58, 0.57]) == pytest.approx(30.0, rel=1e-6)
-    assert recurrent.separation([0.6, 0.59, 0.58, 0.57]) == pytest.approx(1.0, rel=1e-6)
-    # a complex pair (equal magnitudes) counts once
-    assert recurrent.separation([0.9, 0.9, 0.6, 0.6, 0.58]) == pytest.approx(15.0, rel=1e-6)
 
 
 def test_s_curve_shape_tells_an_s_from_a_line():

@@ -1,4 +1,5 @@
-"""Tests of lopt.tuning: grids, the vectorised random search, edge detection, held-out evaluation."""
+"""Tests of lopt.tuning: grids, the vectorised random search, edge detection, held-out evaluation (the pilots and
+the selection of meta-training: test_selection.py)."""
 
 from __future__ import annotations
 
@@ -112,14 +113,6 @@ def test_curves_mean_is_evaluate_and_matches_outer_evaluate():
                                rtol=1e-6)
 
 
-def test_pick_learning_rate_prefers_lowest_late_loss_and_skips_divergence():
-    pilots = {1e-3: {"loss": [5.0, 4.0, 3.0, 2.9]}, 1e-2: {"loss": [5.0, 1.0, 2.0, 2.0]},
-              1e-1: {"loss": [5.0, 0.1, np.nan, 0.1]}, 1.0: {"loss": [5.0, 0.1, 0.1, 0.1], "skipped": [0, 0, 1, 0]}}
-    assert tuning.pick_learning_rate(pilots) == 1e-2
-    with pytest.raises(ValueError, match="smaller rates"):
-        tuning.pick_learning_rate({1.0: {"loss": [np.inf, np.nan]}})
-
-
 def test_plot_search_marks_best():
     import matplotlib.pyplot as plt
 
@@ -131,91 +124,6 @@ def test_plot_search_marks_best():
     assert im.get_array().shape == (5, 11)
     plt.close(fig)
 
-
-def test_train_and_select_keeps_best_scored_theta_and_matches_plain_training():
-    from lopt import estimators, outer
-
-    from lopt.optimizers import Hyperparameters
-
-    hp = Hyperparameters("sgd", {"learning_rate": 0.05}, log=("learning_rate",))
-    est = estimators.FullUnroll(hp, IsotropicQuadratics(), num_steps=5, num_tasks=2)
-    opt = outer.meta_optimizer(0.3)
-    seen = []
-
-    def score(theta):  # prefer learning rates near 0.2: the best pause is not the last one
-        seen.append(float(np.exp(theta["learning_rate"])))
-        return abs(seen[-1] - 0.2)
-
-    sel = tuning.train_and_select(est, hp.init(), opt, 7, jax.random.PRNGKey(0), every=3, score=score, progress=False)
-    res, best, scores = sel.result, sel.best, sel.scores
-    assert len(scores) == 3 and len(res.history["loss"]) == 7
-    assert sel.steps.tolist() == [3, 6, 7] and len(sel.thetas) == 3
-    assert float(np.exp(best["learning_rate"])) == pytest.approx(seen[int(np.argmin(scores))])
-    assert sel.best_step == sel.steps[int(np.argmin(scores))]
-    assert [float(np.exp(t["learning_rate"])) for t in sel.thetas] == pytest.approx(seen)
-    assert sel.first_at_most(np.inf) == 0 and sel.first_at_most(-1.0) is None
-    assert sel.first_at_most(float(np.sort(scores)[1])) == int(np.flatnonzero(scores <= np.sort(scores)[1])[0])
-    plain = outer.train(est, hp.init(), opt, 7, jax.random.PRNGKey(0), progress=False)
-    np.testing.assert_array_equal(np.asarray(res.theta["learning_rate"]), np.asarray(plain.theta["learning_rate"]))
-
-
-
-def test_train_and_select_resumes_a_killed_run_to_the_same_selection(tmp_path):
-    """With a checkpoint path, a run killed after its second pause resumes there (pauses kept on disk) and ends
-    with the same scores, thetas and result as an uninterrupted run; the files go once it completes; a checkpoint of
-    another run (another meta learning rate in ``settings``) is discarded and the run starts over."""
-    from lopt import estimators, outer
-    from lopt.optimizers import Hyperparameters
-
-    hp = Hyperparameters("sgd", {"learning_rate": 0.05}, log=("learning_rate",))
-    est = estimators.FullUnroll(hp, IsotropicQuadratics(), num_steps=5, num_tasks=2)
-    opt, key = outer.meta_optimizer(0.3), jax.random.PRNGKey(0)
-    score = lambda theta: abs(float(np.exp(theta["learning_rate"])) - 0.2)
-    kw = dict(every=3, progress=False, settings={"meta_lr": 0.3})
-    plain = tuning.train_and_select(est, hp.init(), opt, 8, key, score=score, **kw)
-
-    class Killed(Exception):
-        pass
-
-    calls = []
-
-    def dies_at_second_pause(theta):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Killed
-        return score(theta)
-
-    path = tmp_path / "ckpt" / "10_task.npz"
-    with pytest.raises(Killed):
-        tuning.train_and_select(est, hp.init(), opt, 8, key, score=dies_at_second_pause, checkpoint=path, **kw)
-    assert path.is_file() and (tmp_path / "ckpt" / "10_task.pauses.npz").is_file()
-    resumed = tuning.train_and_select(est, hp.init(), opt, 8, key, score=score, checkpoint=path, **kw)
-    assert resumed.steps.tolist() == plain.steps.tolist() == [3, 6, 8]
-    np.testing.assert_array_equal(resumed.scores, plain.scores)
-    for a, b in zip(resumed.thetas, plain.thetas):
-        np.testing.assert_array_equal(np.asarray(a["learning_rate"]), np.asarray(b["learning_rate"]))
-    np.testing.assert_array_equal(np.asarray(resumed.result.theta["learning_rate"]),
-                                  np.asarray(plain.result.theta["learning_rate"]))
-    assert not path.exists() and not list((tmp_path / "ckpt").iterdir())
-    # another run's leftovers: discarded, the run starts over and gives its own result
-    calls.clear()
-    with pytest.raises(Killed):
-        tuning.train_and_select(est, hp.init(), opt, 8, key, score=dies_at_second_pause, checkpoint=path, **kw)
-    other = tuning.train_and_select(est, hp.init(), outer.meta_optimizer(0.1), 8, key, score=score, checkpoint=path,
-                                    every=3, progress=False, settings={"meta_lr": 0.1})
-    fresh = tuning.train_and_select(est, hp.init(), outer.meta_optimizer(0.1), 8, key, score=score, every=3,
-                                    progress=False, settings={"meta_lr": 0.1})
-    np.testing.assert_array_equal(other.scores, fresh.scores)
-    # leftovers of a run whose theta has another shape (its pauses cannot be read as this run's): discarded too
-    calls.clear()
-    with pytest.raises(Killed):
-        tuning.train_and_select(est, hp.init(), opt, 8, key, score=dies_at_second_pause, checkpoint=path, **kw)
-    hp2 = Hyperparameters("momentum", {"learning_rate": 0.05, "beta": 0.5}, log=("learning_rate",))
-    est2 = estimators.FullUnroll(hp2, IsotropicQuadratics(), num_steps=5, num_tasks=2)
-    other = tuning.train_and_select(est2, hp2.init(), opt, 8, key, score=score, checkpoint=path, **kw)
-    fresh = tuning.train_and_select(est2, hp2.init(), opt, 8, key, score=score, **kw)
-    np.testing.assert_array_equal(other.scores, fresh.scores)
-    assert not path.exists()
 
 def test_loss_floors_bound_the_curves_of_the_same_problems():
     fam = tasks.LinearRegressionFamily(dim=4, num_data=8)

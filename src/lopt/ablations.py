@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import estimators, truncation, tuning
+from . import estimators, selection, truncation
 from .learned import MLPOptimizer
 from .tasks import TaskFamily
 
@@ -103,7 +103,7 @@ def train_seeds(estimator: estimators.TruncatedEstimator, thetas: Sequence[Theta
                 keys: Array, *, every: int, score: Callable[[Theta], float], desc: str = "outer-training",
                 progress: bool = True) -> SeedRuns:
     """Outer-train each seed's starting theta (``keys``: one per seed) for ``num_steps`` steps with
-    :func:`lopt.tuning.train_and_select`, scored by ``score(theta)`` at the start, every ``every``
+    :func:`lopt.selection.train_and_select`, scored by ``score(theta)`` at the start, every ``every``
     steps and at the end (module docstring). The seeds share the estimator, so its outer step
     compiles once."""
     if len(thetas) != keys.shape[0]:
@@ -113,7 +113,7 @@ def train_seeds(estimator: estimators.TruncatedEstimator, thetas: Sequence[Theta
     initial, sels = [], []
     for i, theta in enumerate(thetas):
         initial.append(float(score(theta)))
-        sels.append(tuning.train_and_select(estimator, theta, outer_opt, int(num_steps), keys[i], every=int(every),
+        sels.append(selection.train_and_select(estimator, theta, outer_opt, int(num_steps), keys[i], every=int(every),
                                             score=score, desc=f"{desc}, seed {i}", progress=progress))
     stack = lambda *xs: jnp.stack(xs)
     names = sels[0].result.history.keys()

@@ -20,8 +20,10 @@ hand-built linear system. The tools:
 - :func:`update_function` / :func:`effective_learning_rate`: the update versus the gradient at a state,
   and minus its slope at g = 0 (sec. 3.2, 4.3); :func:`linear_range`: where the update function stops
   being linear (soft clipping, App. A);
-- :func:`pca` and :func:`total_variance` of state trajectories (Fig. 3a);
-- :func:`reduced_optimizer`: the linearised optimizer keeping only some eigenmodes (App. B, Fig. 7c).
+- :func:`pca` and :func:`total_variance` of state trajectories (Fig. 3a).
+
+The modes read as momentum (reduced optimizers, the slow mode against tuned and optimal momentum, App. B) are
+:mod:`lopt.momentum`'s.
 
 Sign convention: a mode's learning rate is positive when it descends, so heavy-ball momentum
 v' = beta v + g, x' = x - lr v' has one mode with timescale beta and learning rate lr.
@@ -135,39 +137,6 @@ def linear_range(cell: Cell, readout: Readout, h: Array, gmax: float, num: int =
     off = np.abs(u - u0 + lr0 * grads) > tol * np.abs(lr0 * grads)
     bad = mags[off[: len(mags)] | off[len(mags):]]
     return float(bad.min()) if bad.size else float(gmax)
-
-
-def along_direction(cell: Cell, readout: Readout, point: Any, direction: Any, shifts: Any, grads: Any) -> dict:
-    """Update functions at states ``point + s * direction`` (unit direction) for each shift s (sec. 4.1, Fig. 3
-    middle row): ``updates`` (shift, gradient), ``offsets`` (update at g = 0), ``eff_lr`` per shift, and the two
-    numbers that say whether the direction acts like momentum's velocity: ``offset_range`` (ptp of the offsets)
-    and ``slope_rel_range`` (ptp of the effective learning rate over its mean magnitude), ``monotone`` (offsets
-    strictly monotone in s) and ``momentum_likeness`` = offset_range / slope_rel_range (a pure offset: large)."""
-    e = np.asarray(direction, np.float64)
-    e = e / np.linalg.norm(e)
-    states = jnp.asarray(np.asarray(point)[None] + np.asarray(shifts)[:, None] * e[None], jnp.float32)
-    grads = jnp.asarray(grads, jnp.float32)
-    updates = np.stack([np.asarray(update_function(cell, readout, h, grads)) for h in states])
-    offsets = np.stack([float(update_function(cell, readout, h, jnp.zeros((1,)))[0]) for h in states])
-    eff = np.asarray(effective_learning_rate(cell, readout, states))
-    d = np.diff(offsets)
-    out = dict(states=states, grads=np.asarray(grads), updates=updates, offsets=offsets, eff_lr=eff,
-               offset_range=float(np.ptp(offsets)), slope_rel_range=float(np.ptp(eff) / np.mean(np.abs(eff))),
-               monotone=bool(np.all(d > 0) or np.all(d < 0)))
-    out["momentum_likeness"] = out["offset_range"] / max(out["slope_rel_range"], 1e-12)
-    return out
-
-
-def separation(magnitudes: Any, bulk: int = 8, tol: float = 1e-6) -> float:
-    """How far the slowest mode stands out from the bulk (Fig. 7a): the gap between the largest and the next
-    distinct eigenvalue magnitude (a complex pair counts once) over the largest gap among the next ``bulk``
-    distinct magnitudes.  Large: one mode separated; ~1: the slowest mode is just the edge of the bulk."""
-    mags = np.sort(np.asarray(magnitudes, np.float64))[::-1]
-    distinct = mags[np.concatenate([[True], np.diff(mags) < -tol])]
-    gaps = -np.diff(distinct[: bulk + 2])
-    if len(gaps) < 2:
-        return float("inf")
-    return float(gaps[0] / max(gaps[1:].max(), tol))
 
 
 # --------------------------------------------------------------------------------------------- fixed points
@@ -285,27 +254,6 @@ def modes(cell: Cell, readout: Readout, h: Array, g: float = 0.0) -> Modes:
     return Modes(lam, -inputs * outputs, right, left, inputs, outputs, np.asarray(h, np.float64), float(g))
 
 
-def reduced_optimizer(m: Modes, readout: Readout, h0: Array, keep: Any = (0,)) -> Optimizer:
-    """The linearised optimizer of App. B/C keeping only the modes ``keep`` (Fig. 7c): per coordinate
-    v_j' = beta_j v_j + alpha_j (g - g*), update = r(h*) + sum_j outputs_j v_j', with v_j(0) the projection
-    of h0 - h* on the left eigenvector. Complex modes are paired with their conjugates (2 Re)."""
-    keep = np.atleast_1d(np.asarray(keep))
-    lam, a, c = (jnp.asarray(x[keep]) for x in (m.eigenvalues, m.inputs, m.outputs))
-    weight = jnp.where(jnp.abs(jnp.imag(lam)) > 1e-12, 2.0, 1.0)
-    v0 = jnp.asarray(m.left[keep] @ (np.asarray(h0, np.float64) - m.point))
-    offset = float(readout(jnp.asarray(m.point, jnp.asarray(h0).dtype)))
-
-    def init(params):
-        return jax.tree.map(lambda p: jnp.broadcast_to(v0, (*jnp.shape(p), len(keep))), params)
-
-    def update(grads, state, params=None):
-        v = jax.tree.map(lambda s, g: lam * s + a * (g[..., None] - m.g), state, grads)
-        out = lambda s, g: (offset + jnp.sum(weight * jnp.real(c * s), axis=-1)).astype(jnp.result_type(g))
-        return jax.tree.map(out, v, grads), v
-
-    return optax.GradientTransformation(init, update)
-
-
 # --------------------------------------------------------------------------------------------- state-space geometry
 
 
@@ -379,14 +327,6 @@ def run_family(cell: Cell, readout: Readout, h0: Array, family: Any, key: Array,
     return jax.jit(jax.vmap(one))(jax.random.split(key, num_tasks))
 
 
-def heavy_ball_optimum(lmin: float, lmax: float) -> tuple[float, float]:
-    """Optimal heavy-ball (learning rate, momentum) for a quadratic with Hessian spectrum in [lmin, lmax]
-    (Polyak 1964): alpha* = 4 / (sqrt(lmin) + sqrt(lmax))^2, beta* = ((sqrt(lmax) - sqrt(lmin)) /
-    (sqrt(lmax) + sqrt(lmin)))^2."""
-    a, b = np.sqrt(lmin), np.sqrt(lmax)
-    return float(4.0 / (a + b) ** 2), float(((b - a) / (b + a)) ** 2)
-
-
 def family(task: str, **settings: Any) -> Any:
     """The task family a GRU of notebook 10 was trained on (App. D.1), by name, with the fields notebook 10
     saved in the weights' meta data (``family(name, **meta["family"])``: e.g. the two-moons MLP's width)."""
@@ -397,13 +337,6 @@ def family(task: str, **settings: Any) -> Any:
     if task not in known:
         raise ValueError(f"unknown task {task!r}; allowed values: {', '.join(known)}")
     return known[task](**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
-
-
-def mode_hyperparameters(m: Modes, j: int = 0) -> tuple[float, float]:
-    """(momentum timescale |beta_j|, learning rate) of mode j; a complex mode counts with its conjugate
-    (learning rate 2 Re alpha_j)."""
-    pair = abs(m.eigenvalues[j].imag) > 1e-12
-    return float(abs(m.eigenvalues[j])), float((2.0 if pair else 1.0) * m.learning_rates[j].real)
 
 
 class Convergence(NamedTuple):
@@ -485,7 +418,7 @@ def s_curve_shape(gs: Any, points: Any, end_fraction: float = 0.1) -> dict:
     pc = pca(np.asarray(points, np.float64), 2)
     p1 = pc.project(np.asarray(points, np.float64))[:, 0]
     slope = np.abs(np.gradient(p1, gs))
-    n, k = len(gs), max(2, int(round(end_fraction * len(gs))))
+    k = max(2, int(round(end_fraction * len(gs))))
     center = slope[np.argsort(np.abs(gs))[:3]].mean()
     ends = 0.5 * (slope[:k].mean() + slope[-k:].mean())
     d = np.diff(p1)

@@ -21,16 +21,13 @@ after each update, l(w_1), ..., l(w_T), the quantity :class:`lopt.estimators.Ful
 
 from __future__ import annotations
 
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import checkpoint as ckpt
 from . import outer
 from .optimizers import Hyperparameters, LearnedOptimizer
 from .tasks import LinearRegressionFamily, TaskFamily
@@ -168,111 +165,6 @@ def loss_floors(family: TaskFamily, num_tasks: int, key: Array) -> np.ndarray:
     return np.asarray(jax.vmap(one)(jax.random.split(key, int(num_tasks))), np.float64)
 
 
-class Selection(NamedTuple):
-    """Meta-training paused to score theta (:func:`train_and_select`)."""
-
-    result: Any  # the full run's lopt.outer.OuterResult
-    scores: np.ndarray  # one score per pause (inf where not finite)
-    steps: np.ndarray  # the outer step of each pause
-    thetas: list  # the theta at each pause
-
-    @property
-    def best(self) -> Any:
-        """The theta with the lowest score."""
-        return self.thetas[int(np.argmin(self.scores))]
-
-    @property
-    def best_step(self) -> int:
-        return int(self.steps[int(np.argmin(self.scores))])
-
-    def first_at_most(self, target: float) -> int | None:
-        """Index of the first pause whose score is <= ``target`` (None if none is): e.g. the first
-        learned optimizer that performs as well as tuned momentum (Maheswaranathan et al. 2021 App. B)."""
-        hits = np.flatnonzero(self.scores <= target)
-        return int(hits[0]) if hits.size else None
-
-
-def train_and_select(
-    estimator: Any, theta: Any, outer_opt: Any, num_steps: int, key: Array, *, every: int,
-    score: Callable[[Any], float], desc: str = "outer-training", progress: bool = True,
-    checkpoint: str | Path | None = None, settings: Mapping[str, Any] | None = None,
-) -> Selection:
-    """:func:`lopt.outer.train` for ``num_steps`` outer steps, paused every ``every`` steps (it resumes
-    bit-identically from its checkpoint) to score theta with ``score`` (say, the mean meta-objective on
-    validation problems); a non-finite score counts as inf. Returns the full run, the theta with the
-    lowest score, and the score, outer step and theta of every pause. The paper keeps the best performing
-    learned optimizer per task (C.2); meta-training through long unrolls can blow up late (Metz et al.
-    2019), and the selection keeps the optimizer from before.
-
-    With ``checkpoint`` (a path), the run and its pauses are kept there while it runs, so a killed run resumes
-    where it stopped with the same result; a checkpoint of another run (``settings`` enters its fingerprint, as in
-    :func:`lopt.outer.train`) is discarded and the run starts over; the files are removed once the run completes.
-    Without it, a temporary folder is used."""
-    if int(every) < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
-    if checkpoint is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            return _train_and_select(estimator, theta, outer_opt, num_steps, key, every, score, desc, progress,
-                                     Path(tmp) / "outer.npz", settings)
-    path = Path(checkpoint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        out = _train_and_select(estimator, theta, outer_opt, num_steps, key, every, score, desc, progress, path,
-                                settings)
-    except ckpt.StaleCheckpoint as err:
-        print(f"{err}: discarded, starting over")
-        _remove(path)
-        out = _train_and_select(estimator, theta, outer_opt, num_steps, key, every, score, desc, progress, path,
-                                settings)
-    _remove(path)
-    return out
-
-
-def _pauses_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".pauses.npz")
-
-
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    _pauses_path(path).unlink(missing_ok=True)
-
-
-def _train_and_select(estimator, theta, outer_opt, num_steps, key, every, score, desc, progress, path, settings):
-    every, num_steps = int(every), int(num_steps)
-    scores, steps, thetas, result = [], [], [], None
-    pauses = _pauses_path(path)
-    if pauses.is_file() and path.is_file():  # a killed run: its pauses so far (outer.train checks the run itself)
-        meta = ckpt.read_meta(pauses)
-        n = int(meta["pauses"])
-        like = {"scores": np.zeros(n), "steps": np.zeros(n, np.int64),
-                "thetas": jax.tree.map(lambda x: np.zeros((n, *np.shape(x)), np.asarray(x).dtype), theta)}
-        try:
-            saved, _ = ckpt.load_pytree(pauses, like=like)
-        except ValueError as err:  # thetas of another shape or structure: another run's pauses
-            raise ckpt.StaleCheckpoint(f"{pauses} belongs to another run ({err})") from err
-        scores, steps = [float(x) for x in saved["scores"]], [int(x) for x in saved["steps"]]
-        thetas = [jax.tree.map(lambda x, i=i: jnp.asarray(x[i]), saved["thetas"]) for i in range(n)]
-        print(f"resuming {desc} from {path} (pauses at outer steps {steps})")
-    first = (steps[-1] + every) if steps else every
-    for stop in range(first, num_steps + every, every):
-        stop = min(stop, num_steps)
-        result = outer.train(estimator, theta, outer_opt, stop, key, checkpoint=path, checkpoint_every=every,
-                             progress=progress, desc=desc, settings=settings)
-        value = float(score(result.theta))
-        scores.append(value if np.isfinite(value) else np.inf)
-        steps.append(stop)
-        thetas.append(result.theta)
-        tree = {"scores": np.asarray(scores, np.float64), "steps": np.asarray(steps, np.int64),
-                "thetas": jax.tree.map(lambda *x: np.stack([np.asarray(y) for y in x]), *thetas)}
-        ckpt.save_pytree(pauses, tree, meta={"pauses": len(steps)})
-        if stop == num_steps:
-            break
-    if result is None:  # every pause was already done: the run's end state from its checkpoint
-        result = outer.train(estimator, theta, outer_opt, num_steps, key, checkpoint=path, checkpoint_every=every,
-                             progress=False, desc=desc, settings=settings)
-    return Selection(result, np.asarray(scores), np.asarray(steps), thetas)
-
-
 def evaluate(
     learned_opt: LearnedOptimizer, theta: Any, family: TaskFamily, num_steps: int, num_tasks: int, key: Array
 ) -> np.ndarray:
@@ -295,23 +187,6 @@ def evaluate_baseline(
 ) -> np.ndarray:
     """:func:`evaluate` for a hand-designed optimizer with the given (tuned) hyperparameters."""
     return evaluate(*baseline(optimizer, hyperparameters, fixed), family, num_steps, num_tasks, key)
-
-
-def pick_learning_rate(pilots: Mapping[float, Mapping[str, Sequence[float]]]) -> float:
-    """The meta learning rate whose pilot run (an :func:`lopt.outer.train` history: ``loss`` and
-    ``skipped`` per outer step) has the lowest mean outer-loss over its second half; a pilot with a
-    skipped (non-finite) estimate or a non-finite loss there scores inf. The paper tunes Adam's initial
-    meta learning rate by search (C.2); we compare short pilots of a few rates on the same outer batches."""
-    def score(history):
-        h = np.asarray(history["loss"], np.float64)
-        skipped = np.asarray(history.get("skipped", np.zeros_like(h)), np.float64)
-        h = np.where(skipped > 0, np.inf, h)[len(h) // 2:]
-        return float(np.mean(np.where(np.isfinite(h), h, np.inf))) if h.size else np.inf
-
-    scores = {float(lr): score(h) for lr, h in pilots.items()}
-    if not np.any(np.isfinite(list(scores.values()))):
-        raise ValueError("every pilot meta learning rate diverged: add smaller rates to pilot_lrs")
-    return min(scores, key=scores.get)
 
 
 def plot_search(ax: Any, result: SearchResult, x: str, y: str, span: float = 10.0) -> Any:
