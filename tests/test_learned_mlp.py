@@ -162,3 +162,27 @@ def test_theta_gradient_matches_reference_formula(kw):
     g_ref = jax.jit(jax.grad(lambda th: loss(th, ref)))(theta)
     for n in theta:
         np.testing.assert_allclose(g_new[n], g_ref[n], rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(g_ref[n]))))
+
+
+@pytest.mark.parametrize("kw", [{}, {"use_momentum": False}, {"use_time": False}])
+@pytest.mark.parametrize("shape", [(7,), (6, 5), (3, 3, 2, 4)])
+def test_hand_vjp_equals_the_vjp_of_the_formula_as_written(kw, shape):
+    """Reverse mode of the update (``_backward``) against ``jax.vjp`` of ``direction``: every cotangent, theta's,
+    the gradient's, the parameter's, each moving average's and the step's."""
+    from lopt.learned.mlp import _backward
+
+    lopt = MLPOptimizer(**kw)
+    k = jax.random.split(jax.random.PRNGKey(11), 6)
+    theta = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(k[5], a.shape), lopt.init(k[0]))
+    g, p, ct = (jax.random.normal(kk, shape) for kk in (k[1], k[2], k[4]))
+    m = tuple(0.5 * jax.random.normal(jax.random.fold_in(k[3], i), shape) for i in range(len(lopt.decays)))
+    t = jnp.asarray(37.0)
+    formula = lambda theta, g, p, m, t: lopt.direction(theta, g, p, jnp.stack(m, axis=-1), t)  # noqa: E731
+    want = jax.vjp(formula, theta, g, p, m, t)[1](ct)
+    got = _backward(lopt, theta, g, p, m, t, ct)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * float(jnp.max(jnp.abs(b))) + 1e-30)
+    if kw.get("use_time", True):
+        assert float(jnp.abs(got[-1])) > 0  # the step reaches the update through the time features
