@@ -24,8 +24,8 @@ TBPTT meta-gradient) is the vjp of the same function derived by hand (``_backwar
 inputs: the per-tensor inputs as one (P, inputs) array and the hidden layer as (P, hidden) matrix
 products, the time features folded into the bias as in the forward pass. Differentiating the formula as
 written instead (``direction``, the reference the tests compare with) carried the 9 time features through
-both matrix products and the normalisation: TBPTT ran at 1.65x the pure-JAX reference that way, 2.4x with
-``_backward`` (``benchmarks/meta_training.py``).
+both matrix products and the normalisation: TBPTT ran at 1.52x the pure-JAX reference that way, 2.73x with
+``_backward`` (``benchmarks/meta_training.py``; ``results/meta_training_separate_emas.json``, ``meta_training.json``).
 """
 
 from __future__ import annotations
