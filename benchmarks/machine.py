@@ -25,7 +25,8 @@ def git_state() -> dict:
 
 
 def describe(**extra: Any) -> dict:
-    """Platform, cores, Python/JAX/optax versions, devices, 1-min load average now, git state; plus ``extra``."""
+    """Platform, cores, Python/JAX/optax versions, devices, 1-min load average now, git state, XLA flags from the
+    environment; plus ``extra``."""
     import lopt
 
     return {
@@ -38,6 +39,9 @@ def describe(**extra: Any) -> dict:
         "optax": optax.__version__,
         "load_average_1min_at_start": os.getloadavg()[0],
         "lopt": str(Path(lopt.__file__).parent),  # which checkout (or copy) of the library was measured
+        # compiler settings from the environment change the programs XLA emits (and may change their rounding)
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_disable_most_optimizations": os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", ""),
         "git": git_state(),
         **extra,
     }

@@ -161,8 +161,15 @@ def test_notebook_chains_share_an_xdist_group():
     root_conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(root_conftest)
     groups = {p.name[:2]: root_conftest.group_of(f"notebooks/{p.name}") for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
-    assert groups["05"] == groups["06"] and groups["10"] == groups["11"] == groups["14"]
+    assert groups["05"] == groups["06"] == groups["07"] and groups["10"] == groups["11"] == groups["14"]
     assert groups["05"] != groups["10"]
+    # every notebook that reads learned weights (a dependency under data/learned/ in dvc.yaml) shares the group of
+    # the notebook that writes them
+    stages = {nb: st for nb, st in seeds.stages(ROOT).items()}
+    writer = {out: nb for nb, st in stages.items() for o in st.get("outs", []) for out in ([o] if isinstance(o, str) else o)}
+    read = [(nb, dep) for nb, st in stages.items() for dep in st.get("deps", []) if dep.startswith("data/learned/")]
+    assert read and all(groups[nb] == groups[writer[dep]] for nb, dep in read if dep in writer)
+    assert {dep for _, dep in read} <= set(writer)
     assert groups["01"] == "notebooks/" + next((ROOT / "notebooks").glob("01_*.ipynb")).name
     assert root_conftest.group_of("tests/test_tasks.py") == "tests/test_tasks.py"
     assert "loadgroup" in (ROOT / "Makefile").read_text()
