@@ -136,6 +136,26 @@ def test_update_matches_reference_formula(kw):
     assert int(state.step) == 3
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_inputs_propagate_as_through_relu(bad):
+    # the fused update adds a hidden unit where z > 0 or z is NaN (a select, not relu's maximum): a NaN or an
+    # infinite gradient entry must still give non-finite updates exactly where the formula as written does
+    lopt = MLPOptimizer()
+    theta = _theta(lopt, jax.random.PRNGKey(3))
+    opt = lopt.opt_fn(theta)
+    params = _tree(jax.random.PRNGKey(4))
+    state = opt.init(params)
+    grads = _tree(jax.random.PRNGKey(5))
+    grads["w"] = grads["w"].at[2, 3].set(bad)
+    updates, _ = jax.jit(opt.update)(grads, state, params)
+    ref_updates, _ = _reference_update(lopt, theta, grads, params, state.emas, 0.0)
+    for n in _SHAPES:
+        np.testing.assert_array_equal(np.isfinite(updates[n]), np.isfinite(ref_updates[n]))
+    # NaN: the tensor's RMS is NaN, so is all of it; inf: the RMS scale is 0 and only the entry itself (0 * inf)
+    assert not np.isfinite(updates["w"][2, 3]) and np.isfinite(updates["b"]).all()
+    assert np.isfinite(updates["w"]).sum() == (0 if np.isnan(bad) else updates["w"].size - 1)
+
+
 @pytest.mark.parametrize("kw", [{}, {"use_momentum": False, "use_time": False}])
 def test_theta_gradient_matches_reference_formula(kw):
     lopt = MLPOptimizer(step_mult=0.1, **kw)
