@@ -4,8 +4,8 @@ Every test file is one xdist group (as ``--dist loadfile``: a module's fixtures 
 notebooks that read what another notebook wrote to ``$LOPT_OUTPUT_DIR``: notebook 05 writes the MLP
 optimizers that 06 and 07 read, notebook 10 the GRUs that 11-14 read. Each such chain is one group, so it runs
 on one worker in file order. (Notebook 08 trains its own optimizers: it runs on whichever worker is free, which
-took about 230 s off the longest worker's time with an empty compilation cache.) This file sits at the repository root so that its hook sees the notebook items
-as well as those under ``tests/``.
+took about 230 s off the longest worker's time with an empty compilation cache.) This file sits at the repository
+root so that its hook sees the notebook items as well as those under ``tests/``.
 """
 
 from __future__ import annotations
