@@ -43,8 +43,9 @@ _CONTAINERS = ("while", "call", "conditional")
 
 
 def sources(hlo: str) -> dict[str, tuple[str, str]]:
-    """Instruction name -> (opcode, "file:line function") from a compiled program's text: the innermost stack
-    frame of the instruction's metadata (JAX keeps the user's frames)."""
+    """Instruction name -> (opcode, "file:line function") from a compiled program's text. The source is the
+    innermost stack frame of the instruction's metadata (JAX keeps the user's frames); for a fusion, the source
+    most of its operations have."""
     def table(header: str) -> dict[int, str]:
         m = re.search(rf"^{header}\n(.*?)(?:\n\n|\Z)", hlo, re.S | re.M)
         return {int(k): v for k, v in re.findall(r"^(\d+) (.*)$", m.group(1), re.M)} if m else {}
@@ -62,23 +63,23 @@ def sources(hlo: str) -> dict[str, tuple[str, str]]:
         short = path.split("/src/", 1)[-1] if "/src/" in path else Path(path).name
         return f"{short}:{loc['line']} {funcs.get(int(loc['function_name_id']), '?')}"
 
-    def instructions(text: str) -> list[tuple[str, str, str]]:
-        """(name, opcode, source) of each instruction in ``text``."""
+    def instructions(text: str) -> list[tuple[str, str, str, str]]:
+        """(name, opcode, source, the rest of its line) of each instruction in ``text``."""
         out = []
         for name, rest in re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*)$", text, re.M):
             opcode = re.search(r"([a-z][a-z\-]*)\(", rest)
             frame = re.search(r"stack_frame_id=(\d+)", rest)
-            out.append((name, opcode.group(1) if opcode else "?", where(int(frame.group(1))) if frame else "?"))
+            out.append((name, opcode.group(1) if opcode else "?", where(int(frame.group(1))) if frame else "?", rest))
         return out
 
     # a fusion is named by the line most of its operations come from (its root is often a later, cheap step:
     # the learned update's fusion ends in optax's apply_updates)
     bodies = dict(re.findall(r"^%([\w.\-]+) \(.*?\{\n(.*?)\n\}", hlo, re.M | re.S))
     out = {}
-    for name, opcode, source in instructions(hlo):
-        called = re.search(rf"%{re.escape(name)} = .*?calls=%([\w.\-]+)", hlo) if opcode == "fusion" else None
+    for name, opcode, source, rest in instructions(hlo):
+        called = re.search(r"calls=%([\w.\-]+)", rest) if opcode == "fusion" else None
         if called and called.group(1) in bodies:
-            lines = collections.Counter(src for _, op, src in instructions(bodies[called.group(1)])
+            lines = collections.Counter(src for _, op, src, _ in instructions(bodies[called.group(1)])
                                         if src != "?" and op not in ("parameter", "constant", "broadcast", "bitcast"))
             source = lines.most_common(1)[0][0] if lines else source
         out[name] = (opcode, source)
